@@ -1,0 +1,3 @@
+from mcp_polygon.cli import main
+
+main()

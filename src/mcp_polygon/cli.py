@@ -1,0 +1,119 @@
+"""Command line: `mcp-polygon [serve] [--transport stdio|http] [--simulate]` and `mcp-polygon simulate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+
+from mcp_polygon import __version__
+from mcp_polygon.config import ConfigError, Settings
+
+log = logging.getLogger("mcp_polygon")
+
+
+def _setup_logging(level: str) -> None:
+    # stdout is the MCP protocol channel in stdio mode: every log line goes to stderr.
+    logging.basicConfig(
+        stream=sys.stderr, level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mcp-polygon", description="Polygon.io / Massive.com market data over MCP.")
+    p.add_argument("--version", action="version", version=f"mcp-polygon {__version__}")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command")
+
+    def serve_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
+        sp.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+        sp.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000); path is /mcp")
+        sp.add_argument(
+            "--simulate",
+            action="store_true",
+            help="serve synthetic data from a built-in simulator: no API key or internet needed",
+        )
+
+    serve_args(p)  # `mcp-polygon --transport http` works without the word `serve`
+    serve_args(sub.add_parser("serve", help="run the MCP server (default)"))
+    sim = sub.add_parser("simulate", help="run the vendor-protocol simulator (REST + WebSocket) standalone")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--rest-port", type=int, default=8100)
+    sim.add_argument("--ws-port", type=int, default=8101)
+    sim.add_argument("--api-key", default=None, help="the key clients must send (default: the simulator's key)")
+    sim.add_argument("--rate", type=float, default=None, help="events per second per subscription")
+    return p
+
+
+@contextlib.asynccontextmanager
+async def _simulated(settings: Settings) -> AsyncIterator[Settings]:
+    """Run an in-process simulator and point the settings at it."""
+    from mcp_polygon.simulator import Simulator
+
+    async with Simulator() as sim:
+        yield settings.with_overrides(
+            api_key=sim.api_key,
+            rest_url=sim.rest_url,
+            ws_url=sim.ws_url,
+            simulated=True,
+            # Simulated recordings never mix with real ones.
+            data_dir=settings.data_dir / "simulated",
+        )
+
+
+async def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    from mcp_polygon.server import build_app
+
+    async with contextlib.AsyncExitStack() as stack:
+        if args.simulate:
+            settings = await stack.enter_async_context(_simulated(settings))
+        app = await stack.enter_async_context(build_app(settings))
+        if args.transport == "http":
+            log.info("serving MCP over streamable HTTP at http://%s:%d/mcp", args.host, args.port)
+            await app.server.run_streamable_http_async(host=args.host, port=args.port, streamable_http_path="/mcp")
+        else:
+            await app.server.run_stdio_async()
+
+
+async def _simulate(args: argparse.Namespace) -> None:
+    from mcp_polygon.simulator import Simulator
+
+    kwargs = {"host": args.host, "rest_port": args.rest_port, "ws_port": args.ws_port}
+    if args.api_key:
+        kwargs["api_key"] = args.api_key
+    if args.rate is not None:
+        kwargs["rate"] = args.rate
+    async with Simulator(**kwargs) as sim:
+        # This command is for humans; its stdout is not a protocol channel.
+        sys.stdout.write(
+            f"REST      {sim.rest_url}\nWebSocket {sim.ws_url}/<market>\nAPI key   {sim.api_key}\n"
+            f"Point the server at it: POLYGON_REST_URL={sim.rest_url} POLYGON_WS_URL={sim.ws_url} "
+            f"POLYGON_API_KEY={sim.api_key} mcp-polygon\nCtrl-C to stop.\n"
+        )
+        sys.stdout.flush()
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        sys.stderr.write(f"mcp-polygon: {exc}\n")
+        raise SystemExit(2) from None
+    try:
+        if args.command == "simulate":
+            asyncio.run(_simulate(args))
+        else:
+            asyncio.run(_serve(args, settings))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""STUB (being written): registers the 81 REST tools."""
+
+
+def register_rest_tools(server, rest, settings) -> None:
+    pass

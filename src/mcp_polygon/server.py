@@ -1,0 +1,67 @@
+"""build_app(settings): the MCP server with its REST and stream toolsets, and what it owns."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from mcp.server.mcpserver import MCPServer
+
+from mcp_polygon import __version__
+from mcp_polygon.config import Settings
+from mcp_polygon.rest.client import RestClient
+from mcp_polygon.rest.tools import register_rest_tools
+from mcp_polygon.streams.manager import StreamManager
+from mcp_polygon.streams.tools import register_stream_tools
+
+log = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+Market data from Polygon.io / Massive.com: stocks, options, futures, crypto, forex, economy and indices.
+REST tools return compact CSV; when more data exists the output ends with a hint for the next call.
+Streaming tools (start_<market>_stream, get_<market>_stream_messages, ...) keep one live WebSocket per market;
+poll messages with since_seq from the previous response to get only new events.
+Timestamps in vendor data are Unix epoch (ms for most REST results, ns for trades/quotes)."""
+
+SIMULATED_NOTE = """
+IMPORTANT: this server runs against the built-in SIMULATOR (mcp-polygon --simulate). Every price, quote and
+event it returns is synthetic test data, not real market data. Never present it as real."""
+
+
+@dataclass
+class App:
+    """The server and the resources it owns for the life of the process (shared by every MCP session)."""
+
+    settings: Settings
+    server: MCPServer
+    rest: RestClient
+    streams: StreamManager
+
+    async def aclose(self) -> None:
+        await self.streams.aclose()
+        await self.rest.aclose()
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def build_app(settings: Settings) -> App:
+    instructions = INSTRUCTIONS + (SIMULATED_NOTE if settings.simulated else "")
+    server = MCPServer(name="mcp-polygon", version=__version__, instructions=instructions)
+    rest = RestClient(settings)
+    streams = StreamManager(settings)
+    register_rest_tools(server, rest, settings)
+    register_stream_tools(server, streams, settings)
+    log.info(
+        "mcp-polygon %s: toolsets=%s rest=%s ws=%s key=%s%s",
+        __version__,
+        ",".join(sorted(settings.toolsets)),
+        settings.rest_url,
+        settings.ws_url,
+        "set" if settings.api_key else "missing",
+        " (SIMULATED)" if settings.simulated else "",
+    )
+    return App(settings=settings, server=server, rest=rest, streams=streams)

@@ -1,0 +1,5 @@
+"""STUB (being written): registers the 48 stream tools."""
+
+
+def register_stream_tools(server, manager, settings) -> None:
+    pass

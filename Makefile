@@ -26,9 +26,8 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench scripts
 	$(BIN)/ruff check --fix src tests bench scripts
 
-test: $(STAMP) lint
+test: $(STAMP) lint inspector
 	$(BIN)/python -m pytest -q
-	$(MAKE) inspector
 
 inspector: $(STAMP)
 	bash scripts/inspector_check.sh

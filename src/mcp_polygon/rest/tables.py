@@ -1,0 +1,280 @@
+"""Vendor JSON -> rows -> compact CSV, with explicit markers when anything is left out.
+
+Agents pay per token: CSV states each column name once, where JSON repeats every key on every row. The envelope
+(status, request_id, count, next_url, ...) is dropped; nested objects become `parent_child` columns.
+
+Shapes handled (all seen in the vendor OpenAPI examples):
+- a `results`, `tickers` or `data` list           -> one row per item
+- a bare JSON array (/v1/marketstatus/upcoming)     -> one row per item
+- a `results`/`data`/`ticker` object                 -> one row; lists of objects inside it (order book bids/asks,
+                                                       ticker events) become sections of their own
+- a flat object (/v1/open-close, /v1/marketstatus/now), `last` objects (/v1/last/crypto) -> one row
+- indicators (`results.values` + `results.underlying`) -> the values; underlying aggregates as a second section
+- per-item errors inside a 200 (/v3/snapshot)        -> rows whose `error`/`message` columns say what failed
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+# Top-level keys that describe the response rather than the data.
+ENVELOPE_KEYS = frozenset({"status", "request_id", "count", "next_url", "resultsCount", "queryCount", "adjusted"})
+_LIST_KEYS = ("results", "tickers", "data")
+_OBJECT_KEYS = ("results", "data", "ticker")
+# Financial statement data points ({"value": 1.2e9, "unit": "USD", "label": "Assets", "order": 100}) collapse to
+# their value: the column name already says what it is, and four columns per line item would swamp the table.
+_DATAPOINT_KEYS = frozenset({"value", "unit", "label", "order", "source", "derived_from", "formula", "xpath"})
+
+
+@dataclass
+class Section:
+    """A block of rows: the main table (title None) or a named sub-table such as an order book side."""
+
+    title: str | None
+    rows: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON -> rows
+
+
+def _is_datapoint(value: Mapping[str, Any]) -> bool:
+    return "value" in value and len(value) > 1 and set(value) <= _DATAPOINT_KEYS
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def flatten(obj: Mapping[str, Any], prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{"day": {"o": 1}} -> {"day_o": 1}; lists of scalars stay lists (joined when written), others become JSON."""
+    out = {} if out is None else out
+    for key, value in obj.items():
+        name = f"{prefix}_{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            if _is_datapoint(value):
+                out[name] = value.get("value")
+            elif value:
+                flatten(value, name, out)
+        elif isinstance(value, list) and not all(_is_scalar(v) for v in value):
+            out[name] = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        else:
+            out[name] = value
+    return out
+
+
+def _row(item: Any) -> dict[str, Any]:
+    return flatten(item) if isinstance(item, Mapping) else {"value": item}
+
+
+def _rows(items: Iterable[Any]) -> list[dict[str, Any]]:
+    return [_row(item) for item in items]
+
+
+def _is_object_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def _object_sections(obj: Mapping[str, Any]) -> list[Section]:
+    values = obj.get("values")
+    if isinstance(values, list):  # technical indicators
+        sections = [Section(None, _rows(values))]
+        underlying = obj.get("underlying")
+        aggregates = underlying.get("aggregates") if isinstance(underlying, Mapping) else None
+        if aggregates:
+            sections.append(Section("underlying aggregates", _rows(aggregates)))
+        return sections
+    nested = [key for key, value in obj.items() if _is_object_list(value)]
+    if not nested:
+        return [Section(None, [flatten(obj)])]
+    summary = flatten({k: v for k, v in obj.items() if k not in nested})
+    sections = [Section(None, [summary])] if summary else []
+    sections += [Section(key, _rows(obj[key])) for key in nested]
+    return sections
+
+
+def extract_sections(body: Any) -> list[Section]:
+    """Turn any vendor response body into sections of flat rows (envelope dropped)."""
+    if isinstance(body, list):
+        return [Section(None, _rows(body))]
+    if not isinstance(body, Mapping):
+        return [Section(None, [{"value": body}])] if body is not None else [Section(None, [])]
+    for key in _LIST_KEYS:
+        if isinstance(body.get(key), list):
+            return [Section(None, _rows(body[key]))]
+    for key in _OBJECT_KEYS:
+        if isinstance(body.get(key), Mapping):
+            return _object_sections(body[key])
+    # A flat object; a `last` object (last trade/quote) is inlined so its columns read `price`, not `last_price`.
+    obj: dict[str, Any] = {}
+    for key, value in body.items():
+        if key in ENVELOPE_KEYS:
+            continue
+        if key == "last" and isinstance(value, Mapping):
+            obj.update(value)
+        else:
+            obj[key] = value
+    return _object_sections(obj)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rows -> CSV
+
+
+def format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
+            return str(int(value))  # 135647456.0 -> 135647456
+        return repr(value)
+    if isinstance(value, list):
+        return "|".join(format_cell(v) for v in value)
+    return str(value)
+
+
+def columns_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Union of keys in first-seen order, so columns are stable and no row loses a field."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def _csv_line(values: Iterable[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(list(values))
+    return buf.getvalue()
+
+
+@dataclass
+class Rendered:
+    text: str
+    shown: int  # data rows written
+    dropped_by_cap: int  # rows left out because of max_rows
+    dropped_by_size: int  # rows left out because of max_chars
+
+
+def _truncation_marker(dropped: int, max_chars: int, narrow_hint: str) -> str:
+    return (
+        f"# truncated: {dropped} more rows not shown (output capped at {max_chars} characters); "
+        f"narrow the request with {narrow_hint}\n"
+    )
+
+
+def render(
+    sections: Sequence[Section],
+    *,
+    max_chars: int,
+    max_rows: int | None = None,
+    header: Sequence[str] = (),
+    footer: Sequence[str] = (),
+    narrow_hint: str = "a smaller limit or narrower filters",
+    more_rows_hint: str = "",
+) -> Rendered:
+    """Write sections as CSV between comment lines, never exceeding max_chars.
+
+    `header` lines come first, `footer` lines (e.g. the next-page hint) last; both always survive truncation.
+    max_rows caps the rows of each section; a '# showing N of M rows' line says so, with `more_rows_hint`.
+    """
+    head = "".join(line + "\n" for line in header)
+    tail = "".join(line + "\n" for line in footer)
+    total_rows = sum(len(s.rows) for s in sections)
+    more = f"; {more_rows_hint}" if more_rows_hint else ""
+    notes = [
+        f"# showing {max_rows} of {len(s.rows)} rows{more}\n" if max_rows is not None and len(s.rows) > max_rows else ""
+        for s in sections
+    ]
+    # Room is kept for every line that must appear whatever happens: header, footer, cap notes, the marker.
+    budget = max_chars - len(head) - len(tail) - sum(map(len, notes))
+    budget -= len(_truncation_marker(total_rows, max_chars, narrow_hint))
+    parts: list[str] = []
+    used = shown = dropped_cap = dropped_size = 0
+    if total_rows == 0:
+        parts.append("# no rows returned for these arguments\n")
+    truncated = False
+    for section, note in zip(sections, notes, strict=True):
+        visible = section.rows if max_rows is None else section.rows[:max_rows]
+        dropped_cap += len(section.rows) - len(visible)
+        if not visible:
+            continue
+        if truncated:
+            dropped_size += len(visible)
+            continue
+        cols = columns_of(visible)
+        block = (f"# {section.title}\n" if section.title else "") + _csv_line(cols)
+        if used + len(block) > budget:
+            truncated = True
+            dropped_size += len(visible)
+            continue
+        parts.append(block)
+        used += len(block)
+        for i, row in enumerate(visible):
+            line = _csv_line(format_cell(row.get(c)) for c in cols)
+            if used + len(line) > budget:
+                truncated = True
+                dropped_size += len(visible) - i
+                break
+            parts.append(line)
+            used += len(line)
+            shown += 1
+        if note and not truncated:
+            parts.append(note)
+    if truncated:
+        parts.append(_truncation_marker(dropped_size, max_chars, narrow_hint))
+    text = head + "".join(parts) + tail
+    return Rendered(text=text.rstrip("\n"), shown=shown, dropped_by_cap=dropped_cap, dropped_by_size=dropped_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paging: the vendor's next_url -> a cursor the agent passes back
+
+_ENCODED_QUERY = "~"  # marks a cursor that carries a whole query string, not the vendor's own cursor value
+
+
+def page_token(next_url: str) -> tuple[str, str] | None:
+    """(path, token) for a vendor next_url, or None when it carries no way to the next page.
+
+    The token is the vendor's `cursor` when that is all the URL carries; otherwise the whole query string, encoded.
+    Any apiKey parameter is dropped: a token is shown to the agent and must never contain the key.
+    """
+    parts = urlsplit(next_url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() != "apikey"]
+    if not query:
+        return None
+    if len(query) == 1 and query[0][0] == "cursor":
+        return parts.path, query[0][1]
+    encoded = base64.urlsafe_b64encode(urlencode(query).encode()).decode().rstrip("=")
+    return parts.path, _ENCODED_QUERY + encoded
+
+
+def params_from_token(token: str) -> dict[str, str]:
+    """The query parameters to send for a cursor made by page_token."""
+    if not token.startswith(_ENCODED_QUERY):
+        return {"cursor": token}
+    raw = token[len(_ENCODED_QUERY) :]
+    try:
+        query = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("cursor is not a page token from this server") from None
+    params = {k: v for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() != "apikey"}
+    if not params:
+        raise ValueError("cursor is not a page token from this server")
+    return params
+
+
+def call_hint(tool: str, args: Mapping[str, Any]) -> str:
+    """`call list_trades with ticker="AAPL", cursor="abc"`, ready to copy."""
+    rendered = ", ".join(f"{k}={json.dumps(v) if isinstance(v, str) else format_cell(v)}" for k, v in args.items())
+    return f"call {tool} with {rendered}"

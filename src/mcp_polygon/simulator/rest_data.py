@@ -407,7 +407,8 @@ class RestResponder:
         if end < start:
             raise SimError(400, {"status": "ERROR", "error": "The 'to' date must be after the 'from' date"})
         state = decode_cursor(query["cursor"]) if query.get("cursor") else dict(query)
-        limit = _int_param(state, "limit", 5000)
+        # Like the vendor, `limit` counts base aggregates: 5-minute bars come 1/5 as many per page.
+        limit = max(1, _int_param(state, "limit", 5000) // max(1, multiplier))
         descending = state.get("sort") == "desc"
         step = _STEP_MS[timespan] * max(1, multiplier)
         times: list[int] = []
@@ -461,7 +462,7 @@ class RestResponder:
                 next_path = f"{head}/{values['from']}/{rest[0]}"
             else:
                 next_path = f"{head}/{rest[0]}/{values['to']}"
-            cursor = encode_cursor({"limit": limit, "sort": "desc" if descending else "asc"})
+            cursor = encode_cursor({"limit": state.get("limit", 5000), "sort": "desc" if descending else "asc"})
             body["next_url"] = f"{base_url}{quote(next_path)}?cursor={cursor}"
         return body
 

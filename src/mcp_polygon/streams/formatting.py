@@ -1,0 +1,183 @@
+"""Text for agents: timestamps in, compact CSV / JSON out. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from datetime import UTC, datetime
+
+import orjson
+
+from mcp_polygon.streams.markets import Market
+
+
+class TimeFormatError(ValueError):
+    pass
+
+
+_NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?([eE][+-]?\d+)?$")
+_RELATIVE = re.compile(r"^(?:now)?\s*-\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|m|min|mins|h|hr|hrs|d|days?)$", re.IGNORECASE)
+_UNIT_S = {"ms": 1e-3, "s": 1, "sec": 1, "secs": 1, "m": 60, "min": 60, "mins": 60, "h": 3600, "hr": 3600}
+_UNIT_S |= {"hrs": 3600, "d": 86400, "day": 86400, "days": 86400}
+
+
+def epoch_to_ns(value: float | int) -> int:
+    """Unix time in s, ms, us or ns (told apart by magnitude) -> ns."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TimeFormatError("not a finite number")
+    mag = abs(value)
+    if mag < 1e11:  # seconds (until the year 5138)
+        return round(value * 1e9)
+    if mag < 1e14:  # milliseconds
+        return int(value) * 1_000_000 if isinstance(value, int) else round(value * 1e6)
+    if mag < 1e17:  # microseconds
+        return int(value) * 1_000 if isinstance(value, int) else round(value * 1e3)
+    return int(value)
+
+
+def parse_time_ns(value: str | int | float, name: str = "timestamp", now_ns: int | None = None) -> int:
+    """ISO 8601, Unix seconds/ms/us/ns (by magnitude), 'now', or relative '-5m' / 'now-30s' / '-2h' -> Unix ns."""
+    hint = (
+        f"{name} {value!r} is not a time; use ISO 8601 (2025-01-02T14:30:00Z; no zone means UTC), "
+        "Unix seconds, ms or ns (e.g. 1735828200), or relative to now like -5m, -30s, -2h, now."
+    )
+    if isinstance(value, bool):
+        raise TimeFormatError(hint)
+    now = time.time_ns() if now_ns is None else now_ns
+    if isinstance(value, int | float):
+        try:
+            return epoch_to_ns(value)
+        except (TimeFormatError, OverflowError, ValueError):
+            raise TimeFormatError(hint) from None
+    text = str(value).strip()
+    if not text:
+        raise TimeFormatError(hint)
+    if text.lower() == "now":
+        return now
+    if _NUMBER.match(text):
+        try:
+            number = int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+            return epoch_to_ns(number)
+        except (TimeFormatError, OverflowError, ValueError):
+            raise TimeFormatError(hint) from None
+    rel = _RELATIVE.match(text)
+    if rel:
+        unit = rel.group(2).lower()
+        return now - int(float(rel.group(1)) * _UNIT_S[unit] * 1e9)
+    iso = text.replace(" ", "T", 1) if re.match(r"^\d{4}-\d{2}-\d{2} \d", text) else text
+    if iso.endswith(("z", "Z")):
+        iso = iso[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(iso)
+    except ValueError:
+        raise TimeFormatError(hint) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    # Exact integer arithmetic: float seconds would lose sub-microsecond precision.
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def iso(ts_s: float | None, ms: bool = True) -> str:
+    """Unix seconds -> '2025-01-02T14:30:00.123Z'."""
+    if ts_s is None:
+        return "-"
+    dt = datetime.fromtimestamp(ts_s, UTC)
+    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    if ms:
+        text += f".{dt.microsecond // 1000:03d}"
+    return text + "Z"
+
+
+def iso_ns(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return iso(ns / 1e9)
+
+
+def ago(ts_s: float | None, now: float | None = None) -> str:
+    if ts_s is None:
+        return "never"
+    d = (time.time() if now is None else now) - ts_s
+    if d < 0:
+        return f"in {-d:.0f}s"
+    if d < 120:
+        return f"{d:.0f}s ago"
+    if d < 7200:
+        return f"{d / 60:.0f}min ago"
+    return f"{d / 3600:.1f}h ago"
+
+
+# -- CSV ---------------------------------------------------------------------------------------------------------
+
+
+def _cell(v) -> str:
+    t = type(v)
+    if t is str:
+        if "," in v or '"' in v or "\n" in v or "\r" in v:
+            return '"' + v.replace('"', '""') + '"'
+        return v
+    if t is int or t is float:
+        return repr(v) if t is float else str(v)
+    if v is None:
+        return ""
+    if t is bool:
+        return "true" if v else "false"
+    if t is list:
+        parts = []
+        for x in v:
+            if type(x) is list:
+                parts.append(":".join("" if y is None else str(y) for y in x))
+            else:
+                parts.append("" if x is None else str(x))
+        return _cell(" ".join(parts)) if any("," in p or '"' in p for p in parts) else " ".join(parts)
+    return _cell(orjson.dumps(v).decode())
+
+
+def csv_sections(market: Market, rows: list[tuple[object, dict]], lead: str | None) -> list[str]:
+    """One CSV section per event type, in order of first appearance.
+
+    rows: (lead value, event) pairs; `lead` names the first column (e.g. 'seq') or None for no lead column.
+    A section keeps only columns that have a value in at least one of its rows; fields the table does not know
+    are kept under their wire names, so nothing is lost.
+    """
+    groups: dict[object, list[tuple[object, dict]]] = {}
+    for row in rows:
+        ev = row[1].get("ev")
+        key = ev if isinstance(ev, str) else repr(ev)
+        groups.setdefault(key, []).append(row)
+    lines: list[str] = []
+    for ev, items in groups.items():
+        et = market.events.get(ev) if isinstance(ev, str) else None
+        present: dict[str, None] = {}
+        for _, e in items:
+            present.update(dict.fromkeys(e))
+        present.pop("ev", None)
+        cols: list[tuple[str, str]] = []
+        if et is not None:
+            for wire, name in et.columns:
+                if wire in present:
+                    cols.append((wire, name))
+                    del present[wire]
+        cols.extend((k, k) for k in present)
+        title = f"{ev} {et.title}" if et else f"{ev} (event type not in the {market.name} table)"
+        lines.append(f"# {title}: {len(items)} event{'s' if len(items) != 1 else ''}")
+        header = [name for _, name in cols]
+        if lead:
+            header.insert(0, lead)
+        lines.append(",".join(header))
+        keys = [w for w, _ in cols]
+        if lead:
+            for lv, e in items:
+                get = e.get
+                lines.append(",".join([str(lv), *(_cell(get(k)) for k in keys)]))
+        else:
+            for _, e in items:
+                get = e.get
+                lines.append(",".join([_cell(get(k)) for k in keys]))
+    return lines
+
+
+def json_events(events: list[dict]) -> str:
+    return orjson.dumps(events).decode()

@@ -1,0 +1,476 @@
+"""The single source of truth per market: WebSocket path, channel prefixes, event fields and readable columns.
+
+Every event type's fields come from the vendor's WebSocket OpenAPI document (specs/massive_websocket_openapi.json),
+except futures, which that document does not cover; their fields are listed here (see FUTURES_* below).
+A channel prefix equals the `ev` value of the events it delivers (`T.AAPL` -> events with `"ev": "T"`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One channel prefix of a market and the events it delivers."""
+
+    prefix: str  # subscription prefix == the `ev` field of its events
+    title: str  # human description, e.g. "trades"
+    ticker_key: str  # the event field that holds the ticker
+    columns: tuple[tuple[str, str], ...]  # (wire field, readable CSV column), in display order
+    wildcard: bool = True  # whether `<prefix>.*` is allowed
+    max_tickers: int | None = None  # vendor limit on tickers subscribed at once, when there is one
+    deprecated: bool = False
+
+
+@dataclass(frozen=True)
+class Market:
+    name: str
+    path: str  # appended to the feed host: wss://socket.massive.com/<path>
+    ticker_example: str
+    events: dict[str, EventType] = field(default_factory=dict)
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        return tuple(self.events)
+
+    def ticker_key(self, ev: str) -> str:
+        et = self.events.get(ev)
+        return et.ticker_key if et else "sym"
+
+
+# Shared column sets -------------------------------------------------------------------------------------------------
+
+_STOCK_AGG = (
+    ("sym", "symbol"),
+    ("o", "open"),
+    ("h", "high"),
+    ("l", "low"),
+    ("c", "close"),
+    ("v", "volume"),
+    ("dv", "volume_decimal"),
+    ("vw", "vwap"),
+    ("av", "day_volume"),
+    ("dav", "day_volume_decimal"),
+    ("op", "day_open"),
+    ("a", "day_vwap"),
+    ("z", "avg_trade_size"),
+    ("otc", "otc"),
+    ("s", "start_ms"),
+    ("e", "end_ms"),
+)
+
+_FMV = (("sym", "symbol"), ("fmv", "fair_market_value"), ("t", "timestamp"))
+
+_FX_AGG = (
+    ("pair", "pair"),
+    ("o", "open"),
+    ("h", "high"),
+    ("l", "low"),
+    ("c", "close"),
+    ("v", "volume"),
+    ("s", "start_ms"),
+    ("e", "end_ms"),
+)
+
+_CRYPTO_AGG = (
+    ("pair", "pair"),
+    ("o", "open"),
+    ("h", "high"),
+    ("l", "low"),
+    ("c", "close"),
+    ("v", "volume"),
+    ("vw", "vwap"),
+    ("z", "avg_trade_size"),
+    ("s", "start_ms"),
+    ("e", "end_ms"),
+)
+
+_INDEX_AGG = (
+    ("sym", "symbol"),
+    ("o", "open"),
+    ("h", "high"),
+    ("l", "low"),
+    ("c", "close"),
+    ("op", "day_open"),
+    ("s", "start_ms"),
+    ("e", "end_ms"),
+)
+
+# Futures events are not in the vendor's WebSocket OpenAPI document; these are their fields.
+FUTURES_TRADE = (("sym", "symbol"), ("p", "price"), ("s", "size"), ("t", "timestamp_ms"), ("q", "sequence"))
+FUTURES_QUOTE = (
+    ("sym", "symbol"),
+    ("bp", "bid_price"),
+    ("bs", "bid_size"),
+    ("bt", "bid_timestamp_ms"),
+    ("ap", "ask_price"),
+    ("as", "ask_size"),
+    ("at", "ask_timestamp_ms"),
+    ("t", "timestamp_ms"),
+)
+FUTURES_AGG = (
+    ("sym", "symbol"),
+    ("o", "open"),
+    ("h", "high"),
+    ("l", "low"),
+    ("c", "close"),
+    ("v", "volume"),
+    ("dv", "dollar_volume"),
+    ("n", "transactions"),
+    ("s", "start_ms"),
+    ("e", "end_ms"),
+)
+
+
+def _market(name: str, example: str, *events: EventType, path: str | None = None) -> Market:
+    return Market(name=name, path=path or name, ticker_example=example, events={e.prefix: e for e in events})
+
+
+MARKETS: dict[str, Market] = {
+    m.name: m
+    for m in (
+        _market(
+            "stocks",
+            "AAPL",
+            EventType(
+                "T",
+                "trades",
+                "sym",
+                (
+                    ("sym", "symbol"),
+                    ("p", "price"),
+                    ("s", "size"),
+                    ("x", "exchange"),
+                    ("c", "conditions"),
+                    ("z", "tape"),
+                    ("i", "trade_id"),
+                    ("q", "sequence"),
+                    ("trfi", "trf_id"),
+                    ("trft", "trf_timestamp_ms"),
+                    ("t", "timestamp_ms"),
+                ),
+            ),
+            EventType(
+                "Q",
+                "quotes",
+                "sym",
+                (
+                    ("sym", "symbol"),
+                    ("bp", "bid_price"),
+                    ("bs", "bid_size"),
+                    ("bx", "bid_exchange"),
+                    ("ap", "ask_price"),
+                    ("as", "ask_size"),
+                    ("ax", "ask_exchange"),
+                    ("c", "condition"),
+                    ("i", "indicators"),
+                    ("z", "tape"),
+                    ("q", "sequence"),
+                    ("t", "timestamp_ms"),
+                ),
+            ),
+            EventType("A", "second aggregates", "sym", _STOCK_AGG),
+            EventType("AM", "minute aggregates", "sym", _STOCK_AGG),
+            EventType(
+                "LULD",
+                "limit up/limit down bands",
+                "T",
+                (
+                    ("T", "symbol"),
+                    ("h", "high_limit"),
+                    ("l", "low_limit"),
+                    ("i", "indicators"),
+                    ("z", "tape"),
+                    ("q", "sequence"),
+                    ("t", "timestamp_ns"),
+                ),
+            ),
+            EventType(
+                "NOI",
+                "net order imbalances",
+                "T",
+                (
+                    ("T", "symbol"),
+                    ("o", "imbalance_qty"),
+                    ("p", "paired_qty"),
+                    ("b", "book_clearing_price"),
+                    ("a", "auction_type"),
+                    ("at", "auction_time"),
+                    ("x", "exchange"),
+                    ("i", "symbol_sequence"),
+                    ("t", "timestamp_ns"),
+                ),
+            ),
+            EventType("FMV", "fair market value (Business plans)", "sym", _FMV),
+        ),
+        _market(
+            "options",
+            "O:SPY251219C00650000",
+            EventType(
+                "T",
+                "trades",
+                "sym",
+                (
+                    ("sym", "symbol"),
+                    ("p", "price"),
+                    ("s", "size"),
+                    ("x", "exchange"),
+                    ("c", "conditions"),
+                    ("q", "sequence"),
+                    ("t", "timestamp_ms"),
+                ),
+            ),
+            EventType(
+                "Q",
+                "quotes",
+                "sym",
+                (
+                    ("sym", "symbol"),
+                    ("bp", "bid_price"),
+                    ("bs", "bid_size"),
+                    ("bx", "bid_exchange"),
+                    ("ap", "ask_price"),
+                    ("as", "ask_size"),
+                    ("ax", "ask_exchange"),
+                    ("q", "sequence"),
+                    ("t", "timestamp_ms"),
+                ),
+                wildcard=False,
+                max_tickers=1000,
+            ),
+            EventType("A", "second aggregates", "sym", _STOCK_AGG),
+            EventType("AM", "minute aggregates", "sym", _STOCK_AGG),
+            EventType("FMV", "fair market value (Business plans)", "sym", _FMV),
+        ),
+        _market(
+            "futures",
+            "ESZ5",
+            EventType("T", "trades", "sym", FUTURES_TRADE),
+            EventType("Q", "quotes", "sym", FUTURES_QUOTE),
+            EventType("A", "second aggregates", "sym", FUTURES_AGG),
+            EventType("AM", "minute aggregates", "sym", FUTURES_AGG),
+        ),
+        _market(
+            "indices",
+            "I:SPX",
+            EventType("V", "index values", "T", (("T", "symbol"), ("val", "value"), ("t", "timestamp_ms"))),
+            EventType("A", "second aggregates", "sym", _INDEX_AGG),
+            EventType("AM", "minute aggregates", "sym", _INDEX_AGG),
+        ),
+        _market(
+            "forex",
+            "EUR/USD",
+            EventType(
+                "C",
+                "quotes",
+                "p",  # in forex C events `p` is the pair, not a price
+                (("p", "pair"), ("b", "bid_price"), ("a", "ask_price"), ("x", "exchange"), ("t", "timestamp_ms")),
+            ),
+            EventType("CA", "minute aggregates", "pair", _FX_AGG),
+            EventType("CAS", "second aggregates", "pair", _FX_AGG),
+            EventType("FMV", "fair market value (Business plans)", "sym", _FMV),
+        ),
+        _market(
+            "crypto",
+            "BTC-USD",
+            EventType(
+                "XT",
+                "trades",
+                "pair",
+                (
+                    ("pair", "pair"),
+                    ("p", "price"),
+                    ("s", "size"),
+                    ("x", "exchange"),
+                    ("c", "conditions"),
+                    ("i", "trade_id"),
+                    ("t", "timestamp_ms"),
+                    ("r", "received_ms"),
+                ),
+            ),
+            EventType(
+                "XQ",
+                "quotes",
+                "pair",
+                (
+                    ("pair", "pair"),
+                    ("bp", "bid_price"),
+                    ("bs", "bid_size"),
+                    ("ap", "ask_price"),
+                    ("as", "ask_size"),
+                    ("x", "exchange"),
+                    ("t", "timestamp_ms"),
+                    ("r", "received_ms"),
+                ),
+            ),
+            EventType("XA", "minute aggregates", "pair", _CRYPTO_AGG),
+            EventType("XAS", "second aggregates", "pair", _CRYPTO_AGG),
+            EventType(
+                "XL2",
+                "level 2 book (deprecated)",
+                "pair",
+                (
+                    ("pair", "pair"),
+                    ("b", "bids"),
+                    ("a", "asks"),
+                    ("x", "exchange"),
+                    ("t", "timestamp_ms"),
+                    ("r", "received_ms"),
+                ),
+                deprecated=True,
+            ),
+            EventType("FMV", "fair market value (Business plans)", "sym", _FMV),
+        ),
+    )
+}
+
+
+class ChannelError(ValueError):
+    """A channel or filter string is not valid for a market; the message says what is valid."""
+
+
+def valid_prefixes_text(market: Market) -> str:
+    return ", ".join(f"{p} ({e.title})" for p, e in market.events.items())
+
+
+def _split_items(items: str | list[str] | tuple[str, ...]) -> list[str]:
+    parts = [items] if isinstance(items, str) else list(items)
+    out: list[str] = []
+    for part in parts:
+        out.extend(x.strip() for x in str(part).split(",") if x.strip())
+    return out
+
+
+def normalize_channels(market: Market, channels: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Validate subscription strings like `T.AAPL` / `Q.*` for `market`; return them deduplicated, in order.
+
+    Raises ChannelError naming the valid prefixes; nothing is sent for an invalid list.
+    """
+    items = _split_items(channels)
+    if not items:
+        raise ChannelError(
+            f"No channels given; pass e.g. ['{market.prefixes[0]}.{market.ticker_example}'] "
+            f"(valid {market.name} prefixes: {valid_prefixes_text(market)})."
+        )
+    out: dict[str, None] = {}
+    for item in items:
+        prefix, dot, ticker = item.partition(".")
+        prefix = prefix.upper()
+        ticker = ticker.strip().upper()
+        if prefix not in market.events:
+            raise ChannelError(
+                f"'{item}' is not a {market.name} channel; valid {market.name} prefixes: "
+                f"{valid_prefixes_text(market)} - written <PREFIX>.<ticker>, e.g. "
+                f"{market.prefixes[0]}.{market.ticker_example}."
+            )
+        if not dot or not ticker:
+            raise ChannelError(
+                f"'{item}' has no ticker; write {prefix}.<ticker> (e.g. {prefix}.{market.ticker_example}) "
+                f"or {prefix}.* for every ticker."
+            )
+        if any(ch.isspace() for ch in ticker):
+            raise ChannelError(f"'{item}' contains whitespace; tickers have none.")
+        et = market.events[prefix]
+        if ticker == "*" and not et.wildcard:
+            raise ChannelError(
+                f"{market.name} {prefix} ({et.title}) does not allow '*'; subscribe to specific tickers "
+                f"(at most {et.max_tickers}), e.g. {prefix}.{market.ticker_example}."
+            )
+        out[f"{prefix}.{ticker}"] = None
+    return list(out)
+
+
+def check_limits(market: Market, topics: list[str]) -> None:
+    """Raise ChannelError when `topics` (the full set after a change) exceeds a vendor per-prefix limit."""
+    for prefix, et in market.events.items():
+        if et.max_tickers is None:
+            continue
+        count = sum(1 for t in topics if t.startswith(prefix + "."))
+        if count > et.max_tickers:
+            raise ChannelError(
+                f"{market.name} {prefix} allows at most {et.max_tickers} tickers at once; this would make {count}. "
+                "Unsubscribe some first."
+            )
+
+
+@dataclass(frozen=True)
+class ChannelFilter:
+    """A parsed channel_filter: `T.AAPL`, `T.*` (or `T`), `*.AAPL`, `*`, comma separated; any term may match."""
+
+    all_events: bool = False
+    prefixes: frozenset[str] = frozenset()  # `T.*`: every ticker of these event types
+    tickers: frozenset[str] = frozenset()  # `*.AAPL`: these tickers in every event type
+    pairs: frozenset[tuple[str, str]] = frozenset()  # `T.AAPL`
+
+    @property
+    def is_all(self) -> bool:
+        return self.all_events
+
+    def needles(self) -> tuple[bytes, ...] | None:
+        """Byte strings at least one of which must occur in a raw frame for any event in it to match.
+
+        None when no cheap pre-check is possible. Only plain tickers qualify, so JSON escaping cannot hide them.
+        """
+        if self.all_events or self.prefixes:
+            return None
+        tickers = self.tickers | {t for _, t in self.pairs}
+        if not tickers or not all(_plain(t) for t in tickers):
+            return None
+        return tuple(b'"' + t.encode() + b'"' for t in tickers)
+
+
+def _plain(ticker: str) -> bool:
+    return all(ch.isalnum() or ch in ".:-_" for ch in ticker) and ticker.isascii()
+
+
+def parse_filter(market: Market, raw: str | list[str] | None) -> ChannelFilter:
+    if raw is None:
+        return ChannelFilter(all_events=True)
+    items = _split_items(raw)
+    if not items:
+        return ChannelFilter(all_events=True)
+    prefixes: set[str] = set()
+    tickers: set[str] = set()
+    pairs: set[tuple[str, str]] = set()
+    for item in items:
+        prefix, dot, ticker = item.partition(".")
+        prefix = prefix.upper()
+        ticker = ticker.upper() if dot else "*"
+        if prefix == "*":
+            if ticker == "*":
+                return ChannelFilter(all_events=True)
+            tickers.add(ticker)
+            continue
+        if prefix not in market.events:
+            raise ChannelError(
+                f"channel_filter '{item}' names no {market.name} event type; valid {market.name} prefixes: "
+                f"{', '.join(market.prefixes)} (forms: T.AAPL, T.*, *.AAPL)."
+            )
+        if ticker == "*":
+            prefixes.add(prefix)
+        else:
+            pairs.add((prefix, ticker))
+    return ChannelFilter(prefixes=frozenset(prefixes), tickers=frozenset(tickers), pairs=frozenset(pairs))
+
+
+def make_matcher(market: Market, flt: ChannelFilter):
+    """A fast predicate over decoded events for `flt`, or None when every event matches."""
+    if flt.is_all:
+        return None
+    keymap = {p: e.ticker_key for p, e in market.events.items()}
+    prefixes, tickers, pairs = flt.prefixes, flt.tickers, flt.pairs
+    need_ticker = bool(tickers or pairs)
+
+    def match(event: dict) -> bool:
+        ev = event.get("ev")
+        if ev in prefixes:
+            return True
+        if not need_ticker:
+            return False
+        tk = event.get(keymap.get(ev, "sym")) if type(ev) is str else None
+        if type(tk) is not str:
+            return False
+        return tk in tickers or (ev, tk) in pairs
+
+    return match

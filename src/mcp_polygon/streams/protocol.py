@@ -1,0 +1,368 @@
+"""Sans-I/O session logic for the vendor WebSocket protocol: no sockets, no asyncio, plain function calls.
+
+The I/O layer (connection.py) feeds every received frame to `ProtocolSession.receive()` and sends whatever
+`data_to_send()` returns. The session builds the auth/subscribe/unsubscribe messages, tracks authentication and
+the acknowledgement of every topic (acknowledged / pending / rejected with the server's reason), and classifies
+every status event. Data events are never turned into Python objects of ours: a frame is decoded once with
+orjson and handed on as raw bytes plus per-event-type counts.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from operator import itemgetter
+from typing import NamedTuple
+
+import orjson
+
+_loads = orjson.loads
+_dumps = orjson.dumps
+_get_ev = itemgetter("ev")
+# `"ev":"<type>"` in a compact frame; the fast path counts event types with it, without decoding.
+_EV_FIND = re.compile(rb'"ev":"([^"\\]*)"').findall
+
+SUBSCRIBE_CHUNK = 500  # topics per subscribe/unsubscribe message
+
+
+class Status(StrEnum):
+    CONNECTED = "connected"
+    AUTH_SUCCESS = "auth_success"
+    AUTH_FAILED = "auth_failed"
+    AUTH_TIMEOUT = "auth_timeout"
+    AUTH_REQUIRED = "auth_required"
+    SUCCESS = "success"
+    ERROR = "error"
+    MAX_CONNECTIONS = "max_connections"
+    SLOW_CONSUMER = "slow_consumer"
+    FORCE_DISCONNECT = "force_disconnect"
+    UNKNOWN = "unknown"
+
+
+# Statuses after which the server is going to drop the connection (or already has): the I/O layer closes it
+# and applies its retry policy.
+TERMINAL = frozenset({Status.AUTH_FAILED, Status.AUTH_TIMEOUT, Status.MAX_CONNECTIONS})
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    kind: Status
+    status: str  # the raw `status` field
+    message: str
+    action: str | None = None  # "subscribed" / "unsubscribed" for SUCCESS acks
+    topics: tuple[str, ...] = ()
+    plan_lacks_websocket: bool = False  # the auth_failed variant "Your plan doesn't include websocket access"
+
+    def describe(self) -> str:
+        return f"{self.status}: {self.message}" if self.message else self.status
+
+
+def classify(event: dict) -> StatusEvent:
+    """Classify one `{"ev": "status", ...}` event. Never raises, whatever the event holds."""
+    raw_status = event.get("status")
+    status = raw_status.strip().lower() if isinstance(raw_status, str) else ""
+    raw_message = event.get("message")
+    message = raw_message.strip() if isinstance(raw_message, str) else ("" if raw_message is None else str(raw_message))
+    lower = message.lower()
+    display = status or str(raw_status or "")
+    plan = "websocket access" in lower or "plan doesn't include" in lower or "plan does not include" in lower
+
+    def make(kind: Status, **kw) -> StatusEvent:
+        return StatusEvent(kind, display, message, **kw)
+
+    if status in ("connected",):
+        return make(Status.CONNECTED)
+    if status == "auth_success" or (status == "success" and lower == "authenticated"):
+        return make(Status.AUTH_SUCCESS)
+    if status == "auth_failed" or (status == "error" and ("authentication failed" in lower or plan)):
+        return make(Status.AUTH_FAILED, plan_lacks_websocket=plan)
+    if status == "auth_timeout":
+        return make(Status.AUTH_TIMEOUT)
+    if status == "auth_required":
+        return make(Status.AUTH_REQUIRED)
+    if status == "max_connections" or "maximum number of connections" in lower:
+        return make(Status.MAX_CONNECTIONS)
+    if status == "slow_consumer":
+        return make(Status.SLOW_CONSUMER)
+    if status == "force_disconnect":
+        return make(Status.FORCE_DISCONNECT)
+    if status == "success":
+        for action in ("unsubscribed", "subscribed"):  # "unsubscribed" first: it contains "subscribed"
+            head = action + " to:"
+            if lower.startswith(head):
+                topics = tuple(t.strip() for t in message[len(head) :].split(",") if t.strip())
+                return make(Status.SUCCESS, action=action, topics=topics)
+        return make(Status.SUCCESS)
+    if status == "error":
+        return make(Status.ERROR)
+    return make(Status.UNKNOWN)
+
+
+class Frame(NamedTuple):
+    """One received frame, decoded once.
+
+    raw: the data events (status events and malformed entries removed) as a compact JSON array without
+    newlines, ready for the buffer and the recorder; None when the frame had no data events.
+    """
+
+    raw: bytes | None
+    count: int
+    counts: Counter | None  # data events per `ev` (keys are bytes on the fast path, str on the slow path)
+    statuses: list[StatusEvent]
+    malformed: str | None  # why (part of) the frame was dropped, when it was
+
+
+_NO_STATUS: list[StatusEvent] = []
+
+
+@dataclass(slots=True)
+class TopicState:
+    state: str = "pending"  # pending | acknowledged | rejected
+    reason: str | None = None
+    since: float = field(default_factory=time.time)
+    sent: bool = False
+
+
+class AuthState(StrEnum):
+    DISCONNECTED = "disconnected"
+    PENDING = "pending"  # auth sent, no answer yet
+    OK = "authenticated"
+    FAILED = "failed"
+
+
+class ProtocolSession:
+    """Authentication, subscriptions and status handling for one market, across any number of connections.
+
+    The desired subscriptions survive a reconnect: `connection_opened()` queues the auth message and, once
+    `auth_success` arrives, every active topic is subscribed again.
+    """
+
+    def __init__(self, api_key: str | None) -> None:
+        self._key = api_key or ""
+        self.auth = AuthState.DISCONNECTED
+        self.auth_message: str | None = None  # the server's last auth-related message
+        self.plan_lacks_websocket = False
+        self.topics: dict[str, TopicState] = {}  # desired subscriptions, in the order added
+        self.unsubscribing: dict[str, float] = {}  # unsubscribe sent, ack not yet seen
+        self._awaiting: dict[str, None] = {}  # subscribe sent on this connection, no answer yet (send order)
+        self._outbox: list[str] = []
+        self.terminal: StatusEvent | None = None  # set when the server said it will drop us
+        self.last_status: StatusEvent | None = None
+        self.last_error: str | None = None
+        self.history: deque[tuple[float, StatusEvent]] = deque(maxlen=50)
+        self.status_counts: Counter = Counter()
+        self.malformed_frames = 0
+        self.malformed_events = 0
+        self.last_malformed: str | None = None
+
+    # -- outgoing ----------------------------------------------------------------------------------------------
+
+    def data_to_send(self) -> list[str]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def _queue(self, action: str, topics: list[str]) -> None:
+        for i in range(0, len(topics), SUBSCRIBE_CHUNK):
+            chunk = ",".join(topics[i : i + SUBSCRIBE_CHUNK])
+            self._outbox.append(_dumps({"action": action, "params": chunk}).decode())
+
+    def connection_opened(self) -> None:
+        """A socket is open: authenticate first; subscriptions follow auth_success."""
+        self._outbox = []
+        self._awaiting = {}
+        self.unsubscribing = {}
+        self.terminal = None
+        self.auth = AuthState.PENDING
+        for st in self.topics.values():
+            st.sent = False
+            if st.state == "acknowledged":
+                st.state, st.since = "pending", time.time()
+        self._outbox.append(_dumps({"action": "auth", "params": self._key}).decode())
+
+    def connection_lost(self) -> None:
+        if self.auth is not AuthState.FAILED:
+            self.auth = AuthState.DISCONNECTED
+        self._awaiting = {}
+        self.unsubscribing = {}
+        self._outbox = []
+        for st in self.topics.values():
+            st.sent = False
+            if st.state == "acknowledged":
+                st.state, st.since = "pending", time.time()
+
+    def subscribe(self, topics: list[str]) -> list[str]:
+        """Add topics (already validated). Re-subscribing a rejected topic retries it. Returns what will be sent."""
+        fresh: list[str] = []
+        now = time.time()
+        for t in topics:
+            st = self.topics.get(t)
+            if st is None or st.state == "rejected":
+                self.topics[t] = TopicState(since=now)
+                fresh.append(t)
+            self.unsubscribing.pop(t, None)
+        if self.auth is AuthState.OK:
+            self._send_subscribe(fresh)
+        return fresh
+
+    def _send_subscribe(self, topics: list[str]) -> None:
+        if not topics:
+            return
+        for t in topics:
+            self.topics[t].sent = True
+            self._awaiting[t] = None
+        self._queue("subscribe", topics)
+
+    def unsubscribe(self, topics: list[str]) -> list[str]:
+        """Remove topics. Returns the ones that were subscribed (and are now being unsubscribed)."""
+        gone: list[str] = []
+        now = time.time()
+        for t in topics:
+            st = self.topics.pop(t, None)
+            if st is None:
+                continue
+            self._awaiting.pop(t, None)
+            gone.append(t)
+            if st.sent and st.state != "rejected":
+                self.unsubscribing[t] = now
+        if self.auth is AuthState.OK:
+            send = [t for t in gone if t in self.unsubscribing]
+            if send:
+                self._queue("unsubscribe", send)
+        return gone
+
+    def clear(self) -> None:
+        """Forget every subscription (used when the stream is stopped)."""
+        self.topics.clear()
+        self._awaiting.clear()
+        self.unsubscribing.clear()
+
+    # -- queries ---------------------------------------------------------------------------------------------
+
+    def by_state(self, state: str) -> list[str]:
+        return [t for t, st in self.topics.items() if st.state == state]
+
+    def settled(self, topics: list[str] | None = None) -> bool:
+        """True when no topic in `topics` (default: all) is still waiting for an answer."""
+        names = self.topics if topics is None else topics
+        return all(self.topics[t].state != "pending" for t in names if t in self.topics)
+
+    # -- incoming --------------------------------------------------------------------------------------------
+
+    def receive(self, data: bytes | str) -> Frame:
+        """Classify one frame. Status events update the session; data events come back as raw bytes + counts.
+
+        Fast path (a frame of data events only, the firehose case): no JSON decoding at all. A regex counts the
+        `"ev":"X"` keys per event type (C speed), and two cross-checks route anything unusual to the slow path:
+        the number of `"ev"` keys must equal the number of `"ev":"X"` matches (catches whitespace variants and
+        non-string types) and no `status` event may be among them. Frames that fail a check are decoded with
+        orjson (slow path), cleaned of malformed entries and re-encoded.
+        """
+        if type(data) is not bytes:
+            data = data.encode() if isinstance(data, str) else bytes(data)
+        if data.startswith(b"[{") and data.endswith(b"}]"):
+            evs = _EV_FIND(data)
+            n = len(evs)
+            if n and data.count(b'"ev"') == n and b"\n" not in data:
+                counts = Counter(evs)
+                if b"status" not in counts:
+                    return Frame(data, n, counts, _NO_STATUS, None)
+        return self._receive_slow(data)
+
+    def _receive_slow(self, data: bytes) -> Frame:
+        try:
+            events = _loads(data)
+        except orjson.JSONDecodeError:
+            return self._malformed_frame("not JSON", data)
+        if type(events) is not list:
+            if type(events) is not dict:
+                return self._malformed_frame(f"a JSON {type(events).__name__}, not an array", data)
+            events = [events]
+            data = None
+        malformed = None
+        try:
+            counts = Counter(map(_get_ev, events))
+        except (KeyError, TypeError):
+            counts = None
+        if counts is None or any(type(k) is not str for k in counts):
+            events, dropped = _clean(events)
+            data = None
+            counts = Counter(map(_get_ev, events))
+            self.malformed_events += dropped
+            malformed = f"{dropped} event(s) without a string 'ev' field dropped"
+            self.last_malformed = malformed
+        statuses = _NO_STATUS
+        if "status" in counts:
+            statuses = [self._handle(classify(e)) for e in events if e["ev"] == "status"]
+            n_status = counts.pop("status")
+            if n_status == len(events):
+                return Frame(None, 0, None, statuses, malformed)
+            events = [e for e in events if e["ev"] != "status"]
+            data = None
+        if not events:
+            return Frame(None, 0, None, statuses, malformed)
+        if data is None or b"\n" in data:
+            data = _dumps(events)
+        return Frame(data, len(events), counts, statuses, malformed)
+
+    def _malformed_frame(self, why: str, data: bytes) -> Frame:
+        self.malformed_frames += 1
+        preview = data[:60].decode("utf-8", "replace")
+        self.last_malformed = f"frame dropped: {why} ({preview!r}{'...' if len(data) > 60 else ''})"
+        return Frame(None, 0, None, _NO_STATUS, self.last_malformed)
+
+    def _handle(self, st: StatusEvent) -> StatusEvent:
+        now = time.time()
+        self.last_status = st
+        self.history.append((now, st))
+        self.status_counts[st.kind.value] += 1
+        kind = st.kind
+        if kind is Status.AUTH_SUCCESS:
+            self.auth = AuthState.OK
+            self.auth_message = st.message
+            self._send_subscribe([t for t, s in self.topics.items() if not s.sent and s.state != "rejected"])
+        elif kind is Status.AUTH_FAILED:
+            self.auth = AuthState.FAILED
+            self.auth_message = st.message
+            self.plan_lacks_websocket = st.plan_lacks_websocket
+            self.last_error = st.describe()
+            self.terminal = st
+        elif kind is Status.SUCCESS:
+            if st.action == "subscribed":
+                for t in st.topics:
+                    ts = self.topics.get(t)
+                    self._awaiting.pop(t, None)
+                    if ts is not None:
+                        ts.state, ts.reason, ts.since = "acknowledged", None, now
+            elif st.action == "unsubscribed":
+                for t in st.topics:
+                    self.unsubscribing.pop(t, None)
+        elif kind is Status.ERROR:
+            self.last_error = st.describe()
+            self._reject(st.message or st.status)
+        elif kind in (Status.AUTH_TIMEOUT, Status.MAX_CONNECTIONS):
+            self.last_error = st.describe()
+            self.terminal = st
+        elif kind in (Status.SLOW_CONSUMER, Status.FORCE_DISCONNECT, Status.AUTH_REQUIRED):
+            self.last_error = st.describe()
+        return st
+
+    def _reject(self, reason: str) -> None:
+        """Attribute an error to a topic: one the message names, else the oldest unanswered subscribe."""
+        named = [t for t in self._awaiting if t in reason]
+        target = max(named, key=len) if named else None
+        if target is None and self._awaiting:
+            target = next(iter(self._awaiting))
+        if target is None:
+            return
+        self._awaiting.pop(target, None)
+        ts = self.topics.get(target)
+        if ts is not None:
+            ts.state, ts.reason, ts.since = "rejected", reason, time.time()
+
+
+def _clean(events: list) -> tuple[list[dict], int]:
+    clean = [e for e in events if type(e) is dict and type(e.get("ev")) is str]
+    return clean, len(events) - len(clean)

@@ -1,0 +1,211 @@
+"""buffer.py: seq numbers, overwrite/gap, filters, since_seq and since_timestamp reads, memory."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import orjson
+import pytest
+
+from mcp_polygon.streams.buffer import MessageBuffer, decode_frame
+from mcp_polygon.streams.formatting import TimeFormatError, parse_time_ns
+from mcp_polygon.streams.markets import MARKETS, make_matcher, parse_filter
+
+STOCKS = MARKETS["stocks"]
+
+
+def fill(buf: MessageBuffer, frames: list[list[dict]], t0: float = 1000.0) -> None:
+    for i, events in enumerate(frames):
+        buf.append(orjson.dumps(events), len(events), t0 + i)
+
+
+def trades(n: int, sym: str = "AAPL", ev: str = "T", start: int = 0) -> list[dict]:
+    return [{"ev": ev, "sym": sym, "p": float(start + i)} for i in range(n)]
+
+
+def read(buf, flt=None, **kw):
+    f = parse_filter(STOCKS, flt)
+    return buf.read(match=make_matcher(STOCKS, f), needles=f.needles(), **kw)
+
+
+def test_seq_numbers_span_frames_and_only_increase():
+    b = MessageBuffer(100)
+    assert b.append(orjson.dumps(trades(3)), 3, 1.0) == 1
+    assert b.append(orjson.dumps(trades(2)), 2, 2.0) == 4
+    r = b.read(100)
+    assert [s for s, _, _ in r.events] == [1, 2, 3, 4, 5]
+    assert [t for _, t, _ in r.events] == [1.0, 1.0, 1.0, 2.0, 2.0]
+    assert r.next_seq == 5 and r.head == 5 and r.oldest == 1 and len(b) == 5
+
+
+def test_newest_without_since_seq_oldest_first():
+    b = MessageBuffer(100)
+    fill(b, [trades(5), trades(5, start=5)])
+    r = b.read(3)
+    assert [e["p"] for _, _, e in r.events] == [7.0, 8.0, 9.0] and r.more
+    assert r.next_seq == 10
+
+
+def test_overwrite_counts_and_gap_reported():
+    b = MessageBuffer(10)
+    fill(b, [trades(4, start=4 * i) for i in range(6)])  # 24 events, ring of 10
+    assert b.head == 24 and len(b) == 10 and b.overwritten == 14 and b.oldest == 15
+    r = b.read(100, since_seq=5)
+    assert r.gap == 9  # seq 6..14 were overwritten before this read
+    assert [s for s, _, _ in r.events] == list(range(15, 25))
+    # Partially overwritten first frame: only its live tail is readable.
+    assert r.events[0][2]["p"] == 14.0
+
+
+def test_since_seq_pages_forward_without_duplicates_or_losses():
+    b = MessageBuffer(1000)
+    fill(b, [trades(7, start=7 * i) for i in range(10)])  # 70 events
+    seen, seq = [], 0
+    while True:
+        r = b.read(9, since_seq=seq)
+        seen += [s for s, _, _ in r.events]
+        if r.next_seq == seq:
+            break
+        seq = r.next_seq
+        if not r.more:
+            break
+    assert seen == list(range(1, 71))
+    fill(b, [trades(3)], t0=5000)
+    r = b.read(100, since_seq=seq)
+    assert [s for s, _, _ in r.events] == [71, 72, 73] and not r.more
+
+
+def test_since_seq_in_the_future_or_at_head_is_empty():
+    b = MessageBuffer(10)
+    fill(b, [trades(3)])
+    assert b.read(10, since_seq=3).events == [] and b.read(10, since_seq=3).next_seq == 3
+    assert b.read(10, since_seq=99).events == []
+    empty = MessageBuffer(10)
+    r = empty.read(10, since_seq=0)
+    assert r.events == [] and r.next_seq == 0 and r.head == 0
+
+
+@pytest.mark.parametrize(
+    ("flt", "expected"),
+    [
+        ("T.AAPL", ["T.AAPL"]),
+        ("T.*", ["T.AAPL", "T.MSFT"]),
+        ("T", ["T.AAPL", "T.MSFT"]),
+        ("*.AAPL", ["T.AAPL", "Q.AAPL", "LULD.AAPL"]),
+        ("T.MSFT, Q.AAPL", ["T.MSFT", "Q.AAPL"]),
+        ("t.aapl", ["T.AAPL"]),
+        ("*", ["T.AAPL", "T.MSFT", "Q.AAPL", "LULD.AAPL"]),
+        ("LULD.AAPL", ["LULD.AAPL"]),  # LULD carries its ticker in `T`
+    ],
+)
+def test_channel_filters(flt, expected):
+    b = MessageBuffer(100)
+    events = [
+        {"ev": "T", "sym": "AAPL"},
+        {"ev": "T", "sym": "MSFT"},
+        {"ev": "Q", "sym": "AAPL"},
+        {"ev": "LULD", "T": "AAPL", "h": 1.0},
+    ]
+    fill(b, [events])
+    r = read(b, flt, limit=100)
+    got = [f"{e['ev']}.{e.get('sym') or e.get('T')}" for _, _, e in r.events]
+    assert got == expected
+
+
+def test_filter_skips_frames_without_the_ticker_bytes(monkeypatch):
+    from mcp_polygon.streams import buffer as buffer_module
+
+    b = MessageBuffer(1000)
+    fill(b, [trades(50, "MSFT"), trades(2, "AAPL"), trades(50, "NVDA")])
+    decoded = []
+    real = buffer_module.decode_frame
+    monkeypatch.setattr(buffer_module, "decode_frame", lambda raw, n: decoded.append(n) or real(raw, n))
+    r = read(b, "T.AAPL", limit=10)
+    assert [e["sym"] for _, _, e in r.events] == ["AAPL", "AAPL"]
+    assert decoded == [2]  # the MSFT and NVDA frames were never decoded
+    assert parse_filter(MARKETS["forex"], "C.EUR/USD").needles() is None  # not a plain ticker: no byte pre-check
+
+
+def test_filtered_forward_read_next_seq_skips_scanned_events():
+    b = MessageBuffer(100)
+    fill(b, [trades(5, "MSFT"), trades(1, "AAPL"), trades(5, "MSFT")])
+    r = read(b, "T.AAPL", limit=10, since_seq=0)
+    assert [s for s, _, _ in r.events] == [6] and r.next_seq == 11 and not r.more
+    r = read(b, "T.MSFT", limit=3, since_seq=0)
+    assert [s for s, _, _ in r.events] == [1, 2, 3] and r.next_seq == 3 and r.more
+
+
+def test_since_time_uses_receive_time():
+    b = MessageBuffer(100)
+    fill(b, [trades(2), trades(2), trades(2)], t0=100.0)  # frames at 100, 101, 102
+    r = b.read(100, since_time=101.0)
+    assert [s for s, _, _ in r.events] == [3, 4, 5, 6]
+    assert b.read(100, since_time=103.0).events == []
+    r = b.read(100, since_time=101.0, since_seq=4)
+    assert [s for s, _, _ in r.events] == [5, 6]
+
+
+def test_receive_times_stay_monotonic_when_the_clock_steps_back():
+    b = MessageBuffer(100)
+    b.append(orjson.dumps(trades(1)), 1, 10.0)
+    b.append(orjson.dumps(trades(1)), 1, 5.0)
+    assert [t for _, t, _ in b.read(10).events] == [10.0, 10.0]
+
+
+@pytest.mark.parametrize(
+    ("value", "ns"),
+    [
+        (1735828200, 1735828200 * 10**9),  # seconds
+        (1735828200.5, 1735828200_500_000_000),
+        ("1735828200", 1735828200 * 10**9),
+        (1735828200123, 1735828200_123_000_000),  # ms
+        ("1735828200123", 1735828200_123_000_000),
+        (1735828200123456, 1735828200_123_456_000),  # us
+        (1735828200123456789, 1735828200_123_456_789),  # ns
+        ("1735828200123456789", 1735828200_123_456_789),
+        ("2025-01-02T14:30:00Z", 1735828200 * 10**9),
+        ("2025-01-02T14:30:00", 1735828200 * 10**9),  # no zone: UTC
+        ("2025-01-02 14:30:00", 1735828200 * 10**9),
+        ("2025-01-02T15:30:00+01:00", 1735828200 * 10**9),
+        ("2025-01-02T14:30:00.123456Z", 1735828200_123_456_000),
+        ("2025-01-02", 1735776000 * 10**9),
+        ("now", 2_000_000_000 * 10**9),
+        ("-5m", (2_000_000_000 - 300) * 10**9),
+        ("now-30s", (2_000_000_000 - 30) * 10**9),
+        ("-2h", (2_000_000_000 - 7200) * 10**9),
+    ],
+)
+def test_time_formats(value, ns):
+    assert parse_time_ns(value, now_ns=2_000_000_000 * 10**9) == ns
+
+
+@pytest.mark.parametrize("value", ["yesterday", "", "2025-13-45", "12:30", True, float("nan"), "-5 parsecs"])
+def test_bad_times_have_a_clear_message(value):
+    with pytest.raises(TimeFormatError, match="ISO 8601"):
+        parse_time_ns(value, "since_timestamp")
+
+
+def test_decode_frame_never_shifts_seq():
+    assert decode_frame(b"garbage", 3) == []
+    assert decode_frame(b'{"ev":"T"}', 1) == []
+    assert decode_frame(b'[{"ev":"T"},{"ev":"T"},{"ev":"T"}]', 2) == [{"ev": "T"}, {"ev": "T"}]
+    assert decode_frame(b'[{"ev":"T"},5,{"ev":"status"}]', 1) == [{"ev": "T"}]
+
+
+def test_memory_per_thousand_events_is_small():
+    events = [
+        {"ev": "T", "sym": "AAPL", "x": 4, "i": "1234567", "z": 3, "p": 230.12 + i, "s": 100, "c": [0, 12],
+         "t": 1735828200123 + i, "q": 3681328 + i}
+        for i in range(1000)
+    ]  # fmt: skip
+    frames = [orjson.dumps(events[i : i + 100]) for i in range(0, 1000, 100)]
+    tracemalloc.start()
+    try:
+        b = MessageBuffer(10_000)
+        for rep in range(10):
+            for f in frames:
+                b.append(bytes(bytearray(f)), 100, float(rep))  # a distinct bytes object per frame, as received
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size / 10 < 0.5e6  # bytes per 1,000 buffered events

@@ -1,0 +1,256 @@
+"""protocol.py: messages, status classification, ack tracking, frame parsing (incl. malformed input)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from mcp_polygon.streams.protocol import AuthState, ProtocolSession, Status, classify
+
+
+def st(status: str, message: str = "") -> dict:
+    return {"ev": "status", "status": status, "message": message}
+
+
+def frame(*events: dict) -> bytes:
+    return orjson.dumps(list(events))
+
+
+def authed(*topics: str) -> ProtocolSession:
+    s = ProtocolSession("secret-key")
+    s.connection_opened()
+    s.data_to_send()
+    s.receive(frame(st("auth_success", "authenticated")))
+    if topics:
+        s.subscribe(list(topics))
+    s.data_to_send()
+    return s
+
+
+@pytest.mark.parametrize(
+    ("event", "kind"),
+    [
+        (st("connected", "Connected Successfully"), Status.CONNECTED),
+        (st("auth_success", "authenticated"), Status.AUTH_SUCCESS),
+        (st("success", "authenticated"), Status.AUTH_SUCCESS),  # older servers
+        (st("auth_failed", "authentication failed"), Status.AUTH_FAILED),
+        (st("error", "authentication failed"), Status.AUTH_FAILED),  # older servers
+        (st("auth_timeout", "No authentication request received."), Status.AUTH_TIMEOUT),
+        (st("auth_required", "x"), Status.AUTH_REQUIRED),
+        (st("success", "subscribed to: T.AAPL"), Status.SUCCESS),
+        (st("success", "unsubscribed to: T.AAPL"), Status.SUCCESS),
+        (st("error", "not authorized"), Status.ERROR),
+        (
+            st("error", "Subscription limit reached for feed. Please remove some subscriptions and try again."),
+            Status.ERROR,
+        ),
+        (st("max_connections", "Maximum number of connections exceeded."), Status.MAX_CONNECTIONS),
+        (st("slow_consumer", "Consumer too slow"), Status.SLOW_CONSUMER),
+        (st("force_disconnect", "bye"), Status.FORCE_DISCONNECT),
+        (st("something_new", "?"), Status.UNKNOWN),
+        ({"ev": "status"}, Status.UNKNOWN),
+        ({"ev": "status", "status": 5, "message": ["x"]}, Status.UNKNOWN),
+    ],
+)
+def test_classify_every_status(event, kind):
+    assert classify(event).kind is kind
+
+
+def test_classify_plan_variant_and_topics():
+    c = classify(st("auth_failed", "Your plan doesn't include websocket access. Visit https://massive.com/pricing"))
+    assert c.kind is Status.AUTH_FAILED and c.plan_lacks_websocket
+    assert not classify(st("auth_failed", "authentication failed")).plan_lacks_websocket
+    sub = classify(st("success", "subscribed to: T.AAPL"))
+    assert (sub.action, sub.topics) == ("subscribed", ("T.AAPL",))
+    unsub = classify(st("success", "unsubscribed to: T.BRK.B"))
+    assert (unsub.action, unsub.topics) == ("unsubscribed", ("T.BRK.B",))
+
+
+def test_messages_auth_then_subscribe_after_auth_success():
+    s = ProtocolSession("secret-key")
+    s.subscribe(["T.AAPL", "Q.AAPL"])
+    assert s.data_to_send() == []  # nothing before a connection is authenticated
+    s.connection_opened()
+    assert [orjson.loads(m) for m in s.data_to_send()] == [{"action": "auth", "params": "secret-key"}]
+    s.receive(frame(st("connected", "Connected Successfully")))
+    assert s.auth is AuthState.PENDING and s.data_to_send() == []
+    s.receive(frame(st("auth_success", "authenticated")))
+    assert s.auth is AuthState.OK
+    assert [orjson.loads(m) for m in s.data_to_send()] == [{"action": "subscribe", "params": "T.AAPL,Q.AAPL"}]
+    assert s.by_state("pending") == ["T.AAPL", "Q.AAPL"]
+
+
+def test_acks_tracked_per_topic():
+    s = authed("T.AAPL", "Q.AAPL", "FMV.AAPL")
+    s.receive(frame(st("success", "subscribed to: T.AAPL"), st("error", "not authorized")))
+    assert s.topics["T.AAPL"].state == "acknowledged"
+    # An error naming no topic goes to the oldest unanswered subscribe: the server answers in order.
+    assert s.topics["Q.AAPL"].state == "rejected" and s.topics["Q.AAPL"].reason == "not authorized"
+    assert s.topics["FMV.AAPL"].state == "pending"
+    assert not s.settled() and s.settled(["T.AAPL", "Q.AAPL"])
+    s.receive(frame(st("success", "subscribed to: FMV.AAPL")))
+    assert s.settled()
+    assert s.last_error == "error: not authorized"
+
+
+def test_error_naming_a_topic_rejects_that_topic():
+    s = authed("T.A", "T.AAPL")
+    s.receive(frame(st("error", "not authorized: T.AAPL")))
+    assert s.topics["T.AAPL"].state == "rejected" and s.topics["T.A"].state == "pending"
+
+
+def test_subscription_limit_error():
+    s = authed("Q.O:A", "Q.O:B")
+    s.receive(
+        frame(
+            st("success", "subscribed to: Q.O:A"),
+            st("error", "Subscription limit reached for feed. Please remove some subscriptions and try again."),
+        )
+    )
+    assert s.topics["Q.O:B"].state == "rejected" and "limit" in s.topics["Q.O:B"].reason
+
+
+def test_unsubscribe_and_resubscribe_after_reconnect():
+    s = authed("T.AAPL", "Q.AAPL")
+    s.receive(frame(st("success", "subscribed to: T.AAPL"), st("success", "subscribed to: Q.AAPL")))
+    assert s.unsubscribe(["Q.AAPL", "T.NOPE"]) == ["Q.AAPL"]
+    assert [orjson.loads(m) for m in s.data_to_send()] == [{"action": "unsubscribe", "params": "Q.AAPL"}]
+    assert "Q.AAPL" in s.unsubscribing
+    s.receive(frame(st("success", "unsubscribed to: Q.AAPL")))
+    assert not s.unsubscribing
+    # Drop and reconnect: auth first, then every active topic again.
+    s.connection_lost()
+    assert s.auth is AuthState.DISCONNECTED and s.by_state("pending") == ["T.AAPL"]
+    s.connection_opened()
+    assert orjson.loads(s.data_to_send()[0])["action"] == "auth"
+    s.receive(frame(st("auth_success", "authenticated")))
+    assert [orjson.loads(m) for m in s.data_to_send()] == [{"action": "subscribe", "params": "T.AAPL"}]
+
+
+def test_rejected_topic_is_not_resent_but_retried_on_explicit_subscribe():
+    s = authed("T.AAPL")
+    s.receive(frame(st("error", "not authorized")))
+    s.connection_lost()
+    s.connection_opened()
+    s.data_to_send()
+    s.receive(frame(st("auth_success", "authenticated")))
+    assert s.data_to_send() == []
+    assert s.subscribe(["T.AAPL"]) == ["T.AAPL"]
+    assert orjson.loads(s.data_to_send()[0]) == {"action": "subscribe", "params": "T.AAPL"}
+
+
+def test_large_subscriptions_are_chunked():
+    s = authed(*[f"Q.O:X{i}" for i in range(1200)])
+    assert s.data_to_send() == []  # authed() drained them
+    s.connection_lost()
+    s.connection_opened()
+    s.data_to_send()
+    s.receive(frame(st("auth_success", "authenticated")))
+    msgs = [orjson.loads(m) for m in s.data_to_send()]
+    assert len(msgs) == 3 and sum(len(m["params"].split(",")) for m in msgs) == 1200
+
+
+@pytest.mark.parametrize(
+    ("status", "terminal"),
+    [
+        ("auth_failed", True),
+        ("auth_timeout", True),
+        ("max_connections", True),
+        ("slow_consumer", False),
+        ("force_disconnect", False),
+        ("auth_required", False),
+    ],
+)
+def test_terminal_statuses(status, terminal):
+    s = authed()
+    s.receive(frame(st(status, "x")))
+    assert (s.terminal is not None) is terminal
+    assert s.last_error == f"{status}: x"
+    assert s.status_counts[status] == 1
+
+
+def test_auth_failed_plan_variant_recorded():
+    s = ProtocolSession("k")
+    s.connection_opened()
+    s.receive(frame(st("auth_failed", "Your plan doesn't include websocket access. Visit https://massive.com")))
+    assert s.auth is AuthState.FAILED and s.plan_lacks_websocket and s.terminal.kind is Status.AUTH_FAILED
+
+
+def test_data_frame_fast_path_keeps_raw_bytes():
+    s = authed()
+    data = frame({"ev": "T", "sym": "AAPL", "p": 1.5}, {"ev": "Q", "sym": "AAPL"}, {"ev": "T", "sym": "MSFT"})
+    f = s.receive(data)
+    assert f.raw is data and f.count == 3 and f.statuses == [] and f.malformed is None
+    assert {k.decode() if isinstance(k, bytes) else k: v for k, v in f.counts.items()} == {"T": 2, "Q": 1}
+
+
+def test_mixed_status_and_data_frame():
+    s = authed("T.AAPL")
+    f = s.receive(frame({"ev": "T", "sym": "AAPL"}, st("success", "subscribed to: T.AAPL"), {"ev": "T", "sym": "X"}))
+    assert f.count == 2 and [e["sym"] for e in orjson.loads(f.raw)] == ["AAPL", "X"]
+    assert s.topics["T.AAPL"].state == "acknowledged"
+    assert len(f.statuses) == 1
+
+
+def test_frame_with_whitespace_and_newlines_is_recoded_compact():
+    s = authed()
+    data = b'[{"ev": "T", "sym": "AAPL"},\n {"ev": "T", "sym": "MSFT"}]'
+    f = s.receive(data)
+    assert f.count == 2 and b"\n" not in f.raw and orjson.loads(f.raw)[1]["sym"] == "MSFT"
+    assert dict(f.counts) == {"T": 2}
+
+
+@pytest.mark.parametrize(
+    ("data", "count"),
+    [
+        (b'[{"ev":"T","sym":"AAPL","p":1', 0),  # cut short: not JSON
+        (b"not json at all", 0),
+        (b"", 0),
+        (b"42", 0),
+        (b'"a string"', 0),
+        (b"null", 0),
+        (b"[]", 0),
+        (b'{"ev":"T","sym":"AAPL"}', 1),  # a bare object: accepted as one event
+        (b'[{"ev":"T","sym":"AAPL"}, 5, "x", null, [1], {"no_ev": 1}, {"ev": 3}, {"ev": ["T"]}]', 1),
+        (b'[{"ev":"T"}, {"ev":"status"}]', 1),  # status without fields
+        ('[{"ev":"T","sym":"ÄPFEL"}]', 1),  # text, not bytes
+    ],
+)
+def test_malformed_frames_never_raise(data, count):
+    s = authed()
+    f = s.receive(data)
+    assert f.count == count
+    if count:
+        assert len(orjson.loads(f.raw)) == count
+
+
+def test_invalid_utf8_on_the_fast_path_is_dropped_at_read_time():
+    from mcp_polygon.streams.buffer import MessageBuffer
+
+    s = authed()
+    b = MessageBuffer(10)
+    for data in (b'[{"ev":"T","sym":"\xff\xfe"}]', frame({"ev": "T", "sym": "OK"})):
+        f = s.receive(data)
+        if f.raw is not None:
+            b.append(f.raw, f.count, 1.0)
+    assert [e["sym"] for _, _, e in b.read(10).events] == ["OK"]
+
+
+def test_malformed_counters():
+    s = authed()
+    s.receive(b"nope")
+    s.receive(b'[{"ev":"T"}, 7]')
+    assert s.malformed_frames == 1 and s.malformed_events == 1 and "dropped" in s.last_malformed
+
+
+def test_status_only_frame_has_no_data():
+    s = authed()
+    f = s.receive(frame(st("slow_consumer", "too slow")))
+    assert f.raw is None and f.count == 0 and f.statuses[0].kind is Status.SLOW_CONSUMER
+
+
+def test_key_never_in_repr_of_state():
+    s = authed("T.AAPL")
+    s.receive(frame(st("auth_failed", "authentication failed")))
+    text = repr(s.__dict__.get("topics")) + repr(s.last_status) + str(s.last_error) + repr(list(s.history))
+    assert "secret-key" not in text

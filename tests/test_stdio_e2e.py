@@ -50,3 +50,17 @@ async def test_console_script_without_key_explains_how_to_set_it(sim: Simulator,
         result = await client.call_tool("get_market_status", {})
     assert result.is_error and text_of(result).endswith(NO_KEY)
     assert sim.rest.requests == []
+
+
+async def test_simulate_flag_marks_every_answer_as_synthetic(tmp_path: Path):
+    params = StdioServerParameters(
+        command=str(SCRIPT),
+        args=["--log-level", "WARNING", "--simulate"],
+        env={"POLYGON_DATA_DIR": str(tmp_path / "data")},
+    )
+    async with Client(params) as client:
+        result = await client.call_tool("list_trades", {"ticker": "AAPL", "limit": 2})
+    lines = text_of(result).splitlines()
+    assert not result.is_error
+    assert lines[0] == "# SIMULATED DATA (mcp-polygon --simulate): not real market data"
+    assert lines[1].startswith("conditions,decimal_size,exchange,id") and len(lines) == 5  # header, 2 rows, next page

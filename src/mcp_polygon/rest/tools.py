@@ -81,11 +81,11 @@ def build_signature(endpoint: Endpoint) -> inspect.Signature:
 
 
 def describe(endpoint: Endpoint) -> str:
-    lines = [endpoint.purpose, "Returns compact CSV (nested fields as parent_child columns)."]
+    lines = [endpoint.purpose, "Returns CSV."]
     if endpoint.paginated:
-        lines.append("When more rows exist, the last line gives the cursor for the next call.")
+        lines.append("If more rows exist, the last line is the call for the next page.")
     if endpoint.max_rows and not endpoint.follow_pages:
-        lines.append(f"Shows at most max_rows rows (default {endpoint.max_rows}).")
+        lines.append(f"Shows max_rows rows (default {endpoint.max_rows}).")
     return " ".join(lines)
 
 
@@ -98,7 +98,8 @@ def _market(endpoint: Endpoint, args: Mapping[str, Any]) -> str | None:
     if not endpoint.market_paths:
         return None
     given = args.get("market_type")
-    ticker = args.get("ticker") or ""
+    # The ticker (or the first of a tickers list) tells the market by its prefix: X:BTCUSD, C:EURUSD.
+    ticker = args.get("ticker") or (args.get("tickers") or "").split(",")[0].strip()
     inferred = TICKER_PREFIX_MARKET.get(ticker[:2].upper())
     if given and inferred and given != inferred:
         raise ToolError(
@@ -197,7 +198,7 @@ class RestTool:
         query = _cursor_query(cursor) if cursor else _query(ep, args)
         hint_404 = _not_found_hint(ep, args)
 
-        footer = []
+        footer: list[str] = []
         if ep.follow_pages:
             body, next_url, note = await self._walk(template, path, query, args, hint_404)
             footer += [note] if note else []
@@ -235,7 +236,10 @@ class RestTool:
         next_path, cursor = token
         hint_args: dict[str, Any] = dict(_path_args(self.endpoint, args))
         # The vendor may move path values forward in next_url (aggs: `from` becomes the next bar's timestamp).
-        hint_args.update(_path_values(template, next_path) or {})
+        for name, value in (_path_values(template, next_path) or {}).items():
+            if str(hint_args.get(name)) != value:
+                integer = self.endpoint.arg(name).type == "integer" and value.isdigit()
+                hint_args[name] = int(value) if integer else value
         if market and args.get("market_type"):
             hint_args["market_type"] = market
         if self.endpoint.follow_pages and args.get("max_rows"):
@@ -250,6 +254,7 @@ class RestTool:
         target = args.get("max_rows") or self.endpoint.max_rows or ROWS_CEILING
         rows: list[Any] = []
         next_url: str | None = None
+        note = None
         for _ in range(MAX_PAGES_PER_CALL):
             if "cursor" not in query:
                 query["limit"] = min(target - len(rows), MAX_PAGE_LIMIT)
@@ -263,7 +268,8 @@ class RestTool:
             if token is None or _path_values(template, token[0]) is None:
                 break
             path, query = token[0], tables.params_from_token(token[1])
-        note = None
+        else:
+            note = f"# stopped after {MAX_PAGES_PER_CALL} pages ({len(rows)} bars); continue with the cursor below"
         if len(rows) > target:
             # The cut rows are not reachable through the vendor's cursor, so say how to get them instead.
             note = (
@@ -271,8 +277,6 @@ class RestTool:
                 "max_rows, or call again with from_ just after the last bar's t"
             )
             rows, next_url = rows[:target], None
-        elif next_url and len(rows) < target:
-            note = f"# stopped after {MAX_PAGES_PER_CALL} pages: use the next-page cursor to continue"
         return {"results": rows}, next_url, note
 
 

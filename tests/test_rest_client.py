@@ -168,3 +168,19 @@ async def test_client_is_created_lazily_and_closes_twice(rest_sim: RestSimulator
     await client.get_json("/v1/marketstatus/now", {})
     await client.aclose()
     await client.aclose()
+
+
+async def test_large_bodies_are_decoded_off_the_event_loop(rest: RestClient, monkeypatch: pytest.MonkeyPatch):
+    from mcp_polygon.rest import client as client_module
+
+    threads = []
+    real_to_thread = client_module.asyncio.to_thread
+
+    async def spy(fn, *args):
+        threads.append(fn)
+        return await real_to_thread(fn, *args)
+
+    monkeypatch.setattr(client_module, "BIG_BODY", 100)
+    monkeypatch.setattr(client_module.asyncio, "to_thread", spy)
+    body = await rest.get_json("/v3/reference/tickers", {"limit": 5})
+    assert len(body["results"]) == 5 and threads

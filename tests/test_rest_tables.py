@@ -267,3 +267,18 @@ def test_call_hint_is_ready_to_copy():
     assert call_hint("list_trades", {"ticker": "AAPL", "limit": 5, "cursor": 'a"b'}) == (
         'call list_trades with ticker="AAPL", limit=5, cursor="a\\"b"'
     )
+
+
+def test_only_rows_that_can_be_shown_are_flattened(monkeypatch: pytest.MonkeyPatch):
+    # Whole-market answers have 10,000+ rows; flattening all of them would stall the event loop.
+    from mcp_polygon.rest import tables
+
+    calls = []
+    real_row = tables._row
+    monkeypatch.setattr(tables, "_row", lambda item: calls.append(1) or real_row(item))
+    sections = extract_sections({"tickers": [{"ticker": f"T{i}", "day": {"c": i}} for i in range(20_000)]})
+    assert render(sections, max_chars=100_000, max_rows=50).shown == 50
+    assert len(calls) == 50
+    calls.clear()
+    out = render(sections, max_chars=2_000)
+    assert out.dropped_by_size == 20_000 - out.shown and len(calls) <= out.shown + 3  # header not estimated

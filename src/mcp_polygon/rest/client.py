@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 MAX_RETRY_WAIT = 10.0  # never sleep longer than this for one retry, whatever Retry-After says
+BIG_BODY = 1 << 20  # bytes; larger bodies are decoded off the event loop
 
 
 def _query_value(value: Any) -> str:
@@ -153,6 +154,9 @@ class RestClient:
                     )
                 )
             try:
+                if len(response.content) > BIG_BODY:
+                    # Whole-market answers run to megabytes; decoding them in a thread keeps streams flowing.
+                    return await asyncio.to_thread(orjson.loads, response.content)
                 return orjson.loads(response.content)
             except orjson.JSONDecodeError:
                 raise ToolError(errors.invalid_json_error(status, response.headers.get("content-type", ""))) from None

@@ -22,6 +22,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -36,10 +37,18 @@ _DATAPOINT_KEYS = frozenset({"value", "unit", "label", "order", "source", "deriv
 
 @dataclass
 class Section:
-    """A block of rows: the main table (title None) or a named sub-table such as an order book side."""
+    """A block of rows: the main table (title None) or a named sub-table such as an order book side.
+
+    `items` are the vendor's objects, flattened only when written: a whole-market answer has 10,000+ rows of
+    which a few dozen are shown, and flattening them all would stall the event loop for a noticeable time.
+    """
 
     title: str | None
-    rows: list[dict[str, Any]]
+    items: Sequence[Any]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [_row(item) for item in self.items]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -75,10 +84,6 @@ def _row(item: Any) -> dict[str, Any]:
     return flatten(item) if isinstance(item, Mapping) else {"value": item}
 
 
-def _rows(items: Iterable[Any]) -> list[dict[str, Any]]:
-    return [_row(item) for item in items]
-
-
 def _is_object_list(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
 
@@ -86,30 +91,30 @@ def _is_object_list(value: Any) -> bool:
 def _object_sections(obj: Mapping[str, Any]) -> list[Section]:
     values = obj.get("values")
     if isinstance(values, list):  # technical indicators
-        sections = [Section(None, _rows(values))]
+        sections = [Section(None, values)]
         underlying = obj.get("underlying")
         aggregates = underlying.get("aggregates") if isinstance(underlying, Mapping) else None
         if aggregates:
-            sections.append(Section("underlying aggregates", _rows(aggregates)))
+            sections.append(Section("underlying aggregates", aggregates))
         return sections
     nested = [key for key, value in obj.items() if _is_object_list(value)]
     if not nested:
         return [Section(None, [flatten(obj)])]
     summary = flatten({k: v for k, v in obj.items() if k not in nested})
     sections = [Section(None, [summary])] if summary else []
-    sections += [Section(key, _rows(obj[key])) for key in nested]
+    sections += [Section(key, obj[key]) for key in nested]
     return sections
 
 
 def extract_sections(body: Any) -> list[Section]:
     """Turn any vendor response body into sections of flat rows (envelope dropped)."""
     if isinstance(body, list):
-        return [Section(None, _rows(body))]
+        return [Section(None, body)]
     if not isinstance(body, Mapping):
         return [Section(None, [{"value": body}])] if body is not None else [Section(None, [])]
     for key in _LIST_KEYS:
         if isinstance(body.get(key), list):
-            return [Section(None, _rows(body[key]))]
+            return [Section(None, body[key])]
     for key in _OBJECT_KEYS:
         if isinstance(body.get(key), Mapping):
             return _object_sections(body[key])
@@ -190,10 +195,12 @@ def render(
     """
     head = "".join(line + "\n" for line in header)
     tail = "".join(line + "\n" for line in footer)
-    total_rows = sum(len(s.rows) for s in sections)
+    total_rows = sum(len(s.items) for s in sections)
     more = f"; {more_rows_hint}" if more_rows_hint else ""
     notes = [
-        f"# showing {max_rows} of {len(s.rows)} rows{more}\n" if max_rows is not None and len(s.rows) > max_rows else ""
+        f"# showing {max_rows} of {len(s.items)} rows{more}\n"
+        if max_rows is not None and len(s.items) > max_rows
+        else ""
         for s in sections
     ]
     # Room is kept for every line that must appear whatever happens: header, footer, cap notes, the marker.
@@ -205,31 +212,41 @@ def render(
         parts.append("# no rows returned for these arguments\n")
     truncated = False
     for section, note in zip(sections, notes, strict=True):
-        visible = section.rows if max_rows is None else section.rows[:max_rows]
-        dropped_cap += len(section.rows) - len(visible)
-        if not visible:
+        visible = len(section.items) if max_rows is None else min(max_rows, len(section.items))
+        dropped_cap += len(section.items) - visible
+        if truncated or not visible:
+            dropped_size += visible
             continue
-        if truncated:
-            dropped_size += len(visible)
-            continue
-        cols = columns_of(visible)
+        # Flatten only as many rows as can fit: each cell costs at least its text and a comma.
+        rows: list[dict[str, Any]] = []
+        estimate = used
+        for item in islice(section.items, visible):
+            row = _row(item)
+            rows.append(row)
+            estimate += sum(len(format_cell(v)) + 1 for v in row.values())
+            if estimate > budget:
+                break
+        cols = columns_of(rows)
         block = (f"# {section.title}\n" if section.title else "") + _csv_line(cols)
         if used + len(block) > budget:
             truncated = True
-            dropped_size += len(visible)
+            dropped_size += visible
             continue
         parts.append(block)
         used += len(block)
-        for i, row in enumerate(visible):
+        written = 0
+        for row in rows:
             line = _csv_line(format_cell(row.get(c)) for c in cols)
             if used + len(line) > budget:
-                truncated = True
-                dropped_size += len(visible) - i
                 break
             parts.append(line)
             used += len(line)
-            shown += 1
-        if note and not truncated:
+            written += 1
+        shown += written
+        if written < visible:
+            truncated = True
+            dropped_size += visible - written
+        elif note:
             parts.append(note)
     if truncated:
         parts.append(_truncation_marker(dropped_size, max_chars, narrow_hint))

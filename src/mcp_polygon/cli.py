@@ -73,10 +73,19 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
             settings = await stack.enter_async_context(_simulated(settings))
         app = await stack.enter_async_context(build_app(settings))
         if args.transport == "http":
-            log.info("serving MCP over streamable HTTP at http://%s:%d/mcp", args.host, args.port)
-            await app.server.run_streamable_http_async(host=args.host, port=args.port, streamable_http_path="/mcp")
+            await _serve_http(app.server, args.host, args.port)
         else:
             await app.server.run_stdio_async()
+
+
+async def _serve_http(server, host: str, port: int) -> None:
+    import uvicorn
+
+    starlette_app = server.streamable_http_app(streamable_http_path="/mcp", host=host)
+    # log_config=None: uvicorn's own config would send its access log to stdout; ours goes to stderr.
+    config = uvicorn.Config(starlette_app, host=host, port=port, log_config=None, access_log=False)
+    log.info("serving MCP over streamable HTTP at http://%s:%d/mcp", host, port)
+    await uvicorn.Server(config).serve()
 
 
 async def _simulate(args: argparse.Namespace) -> None:

@@ -137,3 +137,10 @@ async def test_whole_market_endpoints_are_bigger_than_a_page(http: httpx2.AsyncC
     assert len(grouped) == 120 and len({row["T"] for row in grouped}) == 120
     listed = (await http.get("/v2/snapshot/locale/us/markets/stocks/tickers", params={"tickers": "AAPL,MSFT"})).json()
     assert [row["ticker"] for row in listed["tickers"]] == ["AAPL", "MSFT"]
+
+
+async def test_cursor_carries_the_filters_like_the_vendor(http: httpx2.AsyncClient, rest_sim: RestSimulator):
+    first = (await http.get("/futures/v1/contracts", params={"product_code": "ES", "limit": 10})).json()
+    second = (await http.get(first["next_url"][len(rest_sim.url) :])).json()
+    assert {row["product_code"] for row in first["results"] + second["results"]} == {"ES"}
+    assert rest_sim.requests[-1].params.keys() == {"cursor"}

@@ -305,17 +305,17 @@ class RestResponder:
     def _page(
         self, rows: list[Any], query: Mapping[str, str], route: Route, path: str, base_url: str
     ) -> tuple[list[Any], str | None]:
-        """A page of rows by limit/cursor, and a next_url (on this host, without any key) when more remain."""
-        cursor = query.get("cursor")
-        if cursor:
-            state = decode_cursor(cursor)
-            offset, limit = int(state.get("offset", 0)), int(state.get("limit", 10))
-        else:
-            offset = 0
-            limit = _int_param(query, "limit", route.entry.get("limit_default") or 10)
+        """A page of rows by limit/cursor, and a next_url (on this host, without any key) when more remain.
+
+        Like the vendor's, the cursor carries the whole query (filters, limit) plus the position.
+        """
+        params = decode_cursor(query["cursor"]) if query.get("cursor") else dict(query)
+        offset = int(params.pop("offset", 0))
+        limit = _int_param(params, "limit", route.entry.get("limit_default") or 10)
+        rows = _apply_filters(rows, params)
         page = rows[offset : offset + limit]
         if offset + limit < len(rows):
-            token = encode_cursor({"offset": offset + limit, "limit": limit})
+            token = encode_cursor({**params, "offset": offset + limit, "limit": limit})
             return page, f"{base_url}{quote(path)}?cursor={token}"
         return page, None
 
@@ -345,7 +345,6 @@ class RestResponder:
                     rows[i] if i < len(rows) else _vary(rows[i % len(rows)], "", i, template)
                     for i in range(DATASET_ROWS)
                 ]
-                data = _apply_filters(data, query)
                 page, next_url = self._page(data, query, route, path, base_url)
                 body[key] = page
                 if "count" in body:

@@ -89,8 +89,7 @@ class Settings:
     def __repr__(self) -> str:  # never show the key, even in a debugger or a traceback
         key = "set" if self.api_key else "unset"
         return (
-            f"Settings(api_key=<{key}>, rest_url={self.rest_url!r}, ws_url={self.ws_url!r}, "
-            f"simulated={self.simulated})"
+            f"Settings(api_key=<{key}>, rest_url={self.rest_url!r}, ws_url={self.ws_url!r}, simulated={self.simulated})"
         )
 
     @classmethod

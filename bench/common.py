@@ -65,15 +65,24 @@ def median(values: list[float]) -> float:
 
 
 async def timed(
-    call: Callable[[], object], repeat: int, *, warmup: int = 0, collect: bool = False, keep=None
+    call: Callable[[], object],
+    repeat: int,
+    *,
+    warmup: int = 0,
+    setup: Callable[[], object] | None = None,
+    collect: bool = False,
+    keep=None,
 ) -> tuple[list[float], object]:
     """Seconds per call of `call` (awaited when it returns an awaitable), `repeat` times after `warmup` untimed
-    calls, and keep(last result). collect=True runs a full GC before each call and drops each result before the
-    next: for calls that build a million objects, so none pays for the garbage of the one before."""
+    calls, and keep(last result). `setup()` runs untimed before each call. collect=True runs a full GC before each
+    call and drops each result before the next: for calls that build a million objects, so none pays for the
+    garbage of the one before."""
     kept = None
     out = []
     clock = time.perf_counter
     for i in range(warmup + repeat):
+        if setup is not None:
+            setup()
         if collect:
             kept = None
             gc.collect()

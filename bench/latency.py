@@ -73,8 +73,15 @@ async def run() -> list[Row]:
             for _ in range(ROUNDS):
                 ours += await _ours(sim, Path(tmp))
                 vendor += await _vendor(sim)
-    label = f"6. send -> buffer at {EVENTS_PER_SECOND:,} ev/s"
     return [
-        Row(f"{label}, median (vs massive handler)", "s", median(ours), median(vendor)),
-        Row(f"{label}, p99 (vs massive handler)", "s", quantile(ours, 0.99), quantile(vendor, 0.99), target=5e-3),
+        Row(
+            f"6. send -> buffer at {EVENTS_PER_SECOND:,} ev/s (vs massive handler)",
+            "s",
+            median(ours),
+            median(vendor),
+            ours_p99=quantile(ours, 0.99),
+            baseline_p99=quantile(vendor, 0.99),
+            target=5e-3,
+            target_on="tail",
+        )
     ]

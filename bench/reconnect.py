@@ -1,7 +1,7 @@
 """5. Time from an abrupt drop (WsSimulator.drop: TCP abort, no close frame) to data flowing again.
 
 Measured from just before the drop is requested to the receive time of the first frame that came over the new
-connection (ours: the timestamp the connection hands to the buffer; vendor: when its handler is called).
+connection (ours: the receive time the buffer stores for it; vendor: when its handler is called).
 
 Two series per client:
 - after a healthy stream: a fresh client per round, so each drop is the first after a good connection (ours
@@ -27,7 +27,8 @@ TIMEOUT = 15.0
 
 
 class Watch:
-    """Receive time (ns) of the first frame over a connection newer than the one current when armed."""
+    """For the vendor client: the time of the first handler call over a connection newer than the one current
+    when armed."""
 
     def __init__(self, current_connection) -> None:
         self.current = current_connection  # () -> an identity of the current connection
@@ -44,35 +45,29 @@ class Watch:
             self.first_ns = recv_ns
 
 
-async def _drop_and_wait(sim: SimProcess, watch: Watch) -> float:
-    t_drop = watch.arm()
+async def _ours_drop(sim: SimProcess, manager, stream) -> float:
+    """Seconds from the drop to the receive time of the first event that came over the new socket."""
+    conn = stream.connection
+    before = conn.connects
+    t_drop = time.time_ns()
     await sim.call("drop", MARKET)
-    await wait_until(lambda: watch.first_ns is not None, TIMEOUT)
-    return (watch.first_ns - t_drop) / 1e9
+    # The new socket counts as opened before it can carry data (auth and subscribe take two round trips and the
+    # simulator's next tick), so the buffer's head when it opens separates old events from new ones.
+    await wait_until(lambda: conn.connects > before, TIMEOUT, poll=0.0002)
+    head = stream.buffer.head
+    await wait_until(lambda: stream.buffer.head > head, TIMEOUT)
+    _, recv_s, _ = manager.read(MARKET, limit=1, since_seq=head).events[0]
+    return recv_s - t_drop / 1e9
 
 
 async def _ours(sim: SimProcess, data_dir: Path, *, back_to_back: bool) -> list[float]:
     settings = our_settings(sim.url, data_dir=data_dir)
     samples: list[float] = []
-    holder: dict = {}
-
-    def hook(stream) -> None:
-        # The connection hands every frame to `stream.ingest` with its receive time; wrap it (before the
-        # connection is created, which is when it is looked up) to see the first frame of a new socket.
-        ingest = stream.ingest
-        watch = holder["watch"] = Watch(lambda: stream.connection.connects if stream.connection else 0)
-
-        def watched(frame, recv_ns: int) -> None:
-            ingest(frame, recv_ns)
-            watch.seen(recv_ns)
-
-        stream.ingest = watched
-
     for _ in range(1 if back_to_back else ROUNDS):
-        async with our_stream(settings, TOPICS, before_start=hook) as (_, stream):
+        async with our_stream(settings, TOPICS) as (manager, stream):
             await wait_until(lambda s=stream: s.buffer.head > 0, TIMEOUT)
             for _ in range(ROUNDS if back_to_back else 1):
-                samples.append(await _drop_and_wait(sim, holder["watch"]))
+                samples.append(await _ours_drop(sim, manager, stream))
         await sim.call("wait_connections", MARKET, 0)
     return samples
 
@@ -92,7 +87,10 @@ async def _vendor_client(sim: SimProcess, drops: int) -> list[float]:
         watch.current = lambda: id(client.websocket)  # the vendor replaces .websocket when it reconnects
         await wait_until(lambda: received > 0, TIMEOUT)
         for _ in range(drops):
-            samples.append(await _drop_and_wait(sim, watch))
+            t_drop = watch.arm()
+            await sim.call("drop", MARKET)
+            await wait_until(lambda: watch.first_ns is not None, TIMEOUT)
+            samples.append((watch.first_ns - t_drop) / 1e9)
     await sim.call("wait_connections", MARKET, 0)
     return samples
 

@@ -17,6 +17,11 @@ class Row:
     target: float | None = None  # absolute target on `ours`, in `unit`
     target_ratio: float | None = None  # minimum ratio over the baseline
     note: str = ""  # "n/a: why", shown instead of the numbers when ours is None
+    # Latency rows: the value is the median and these the p99s, shown beside it. `target_on` says what the
+    # target applies to: "value", "tail" or "both".
+    ours_p99: float | None = None
+    baseline_p99: float | None = None
+    target_on: str = "value"
 
     @property
     def ratio(self) -> float | None:
@@ -31,10 +36,14 @@ class Row:
             return None
         ok = True
         if self.target is not None:
-            ok = self.ours >= self.target if self.better == HIGHER else self.ours <= self.target
+            checked = {"value": [self.ours], "tail": [self.ours_p99], "both": [self.ours, self.ours_p99]}
+            ok = all(v is not None and self._within(v) for v in checked[self.target_on])
         if self.target_ratio is not None:
             ok = ok and self.ratio is not None and self.ratio >= self.target_ratio
         return ok
+
+    def _within(self, value: float) -> bool:
+        return value >= self.target if self.better == HIGHER else value <= self.target
 
 
 def fmt(value: float | None, unit: str, *, exact: bool = True) -> str:
@@ -61,10 +70,15 @@ def _ratio_text(ratio: float | None) -> str:
     return f"{ratio:.1f}×" if ratio >= 1 else f"{ratio:.2g}×"
 
 
+def _value_text(value: float | None, p99: float | None, unit: str) -> str:
+    return fmt(value, unit) if p99 is None else f"{fmt(value, unit)}, p99 {fmt(p99, unit)}"
+
+
 def _target_text(row: Row) -> str:
     parts = []
     if row.target is not None:
-        parts.append(("≥ " if row.better == HIGHER else "< ") + fmt(row.target, row.unit, exact=False))
+        what = {"value": "", "tail": "p99 ", "both": "median & p99 "}[row.target_on] if row.ours_p99 else ""
+        parts.append(what + ("≥ " if row.better == HIGHER else "< ") + fmt(row.target, row.unit, exact=False))
     if row.target_ratio is not None:
         parts.append(f"≥ {row.target_ratio:g}× baseline")
     return ", ".join(parts) or "-"
@@ -76,8 +90,8 @@ def _cells(row: Row) -> tuple[str, ...]:
     met = row.met
     return (
         row.figure,
-        fmt(row.ours, row.unit),
-        fmt(row.baseline, row.unit),
+        _value_text(row.ours, row.ours_p99, row.unit),
+        _value_text(row.baseline, row.baseline_p99, row.unit),
         _ratio_text(row.ratio),
         _target_text(row),
         "" if met is None else ("yes" if met else "NO"),

@@ -209,3 +209,39 @@ def test_memory_per_thousand_events_is_small():
     finally:
         tracemalloc.stop()
     assert size / 10 < 0.5e6  # bytes per 1,000 buffered events
+
+
+@pytest.mark.parametrize("flt", [None, "T.AAPL", "T.*", "*.MSFT", "T.AAPL,Q.MSFT", "LULD.AAPL"])
+def test_cached_and_indexed_reads_equal_cold_reads(flt):
+    """The decoded-frame cache and the per-frame index must never change an answer."""
+    frames = []
+    for i in range(60):
+        frames.append(
+            [
+                {"ev": "T", "sym": "AAPL", "p": float(i)},
+                {"ev": "Q", "sym": "MSFT", "bp": float(i)},
+                {"ev": "T", "sym": "MSFT", "p": float(i)},
+                {"ev": "LULD", "T": "AAPL", "h": float(i)},
+            ][: 1 + i % 4]
+        )
+    cold = MessageBuffer(100)
+    warm = MessageBuffer(100)
+    fill(cold, frames)
+    fill(warm, frames)
+    for since in (None, 0, 3, 120, 140):
+        for limit in (1, 7, 1000):
+            kw = {"limit": limit} if since is None else {"limit": limit, "since_seq": since}
+            read(warm, flt, **kw)  # populate the cache and indexes
+            cold.drop_cache()
+            a, b = read(cold, flt, **kw), read(warm, flt, **kw)
+            assert [(s, e) for s, _, e in a.events] == [(s, e) for s, _, e in b.events], (flt, since, limit)
+            assert (a.next_seq, a.more, a.gap) == (b.next_seq, b.more, b.gap)
+
+
+def test_cache_is_bounded_and_keeps_the_newest_frames():
+    b = MessageBuffer(400)  # cache budget: 100 events
+    fill(b, [trades(10, start=10 * i) for i in range(40)])
+    for _ in range(3):
+        b.read(400)
+    assert b._cached <= b.cache_budget == 100
+    assert sorted(b._cache) == [first for first in range(301, 401, 10)]  # the ten newest frames

@@ -153,3 +153,8 @@ def test_csv_survives_odd_events():
     rows = [(1, {"ev": "T"}), (2, {"ev": "ZZ", "x": {"a": 1}}), (3, {"ev": 5, "y": None})]
     text = "\n".join(csv_sections(MARKETS["stocks"], rows, "seq"))
     assert "ZZ (event type not in the stocks table)" in text and '"{""a"":1}"' in text
+
+
+def test_csv_list_columns_fast_path_keeps_empty_and_single_lists():
+    rows = [(i, {"ev": "T", "sym": "A", "c": c}) for i, c in enumerate([[0, 12], [], [37], [1.5, 2]])]
+    assert csv_sections(MARKETS["stocks"], rows, "seq")[2:] == ["0,A,0 12", "1,A,", "2,A,37", "3,A,1.5 2"]

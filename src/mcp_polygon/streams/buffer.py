@@ -13,16 +13,20 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 from itertools import repeat
 from operator import itemgetter
 
 import orjson
+
+from mcp_polygon.streams.markets import build_index
 
 _loads = orjson.loads
 _first_seq = itemgetter(0)
 _recv_time = itemgetter(2)
 
 Matcher = Callable[[dict], bool]
+_DICT_ONLY = {dict}
 
 
 def decode_frame(raw: bytes, count: int) -> list:
@@ -37,7 +41,7 @@ def decode_frame(raw: bytes, count: int) -> list:
         return []
     if type(events) is not list:
         return []
-    if len(events) != count or not all(type(e) is dict for e in events):
+    if len(events) != count or set(map(type, events)) != _DICT_ONLY:
         events = [e for e in events if type(e) is dict and e.get("ev") != "status"][:count]
     return events
 
@@ -57,7 +61,17 @@ class ReadResult:
 class MessageBuffer:
     """Ring buffer of `capacity` events, stored frame by frame."""
 
-    __slots__ = ("_frames", "_last_time", "_start", "capacity", "head")
+    __slots__ = (
+        "_cache",
+        "_cache_keys",
+        "_cached",
+        "_frames",
+        "_last_time",
+        "_start",
+        "cache_budget",
+        "capacity",
+        "head",
+    )
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -68,6 +82,13 @@ class MessageBuffer:
         self._start = 0
         self.head = 0
         self._last_time = 0.0
+        # Decoded frames kept for repeated reads (first_seq -> [events, index or None]), newest data first.
+        # Bounded to a quarter of the ring in events: a decoded event takes ~1 KB, a raw one ~0.15 KB, so raw +
+        # cache stays under ~0.45 MB per 1,000 buffered events; the cache is empty until something reads.
+        self._cache: dict[int, list] = {}
+        self._cache_keys: list[int] = []  # min-heap of the cached first_seqs: the oldest goes first
+        self._cached = 0
+        self.cache_budget = capacity // 4
 
     # -- writing -------------------------------------------------------------------------------------------
 
@@ -116,6 +137,45 @@ class MessageBuffer:
 
     # -- reading -------------------------------------------------------------------------------------------
 
+    def _decoded(self, first: int, last: int, raw: bytes, selector) -> tuple[list, dict | None]:
+        """A frame's events (from the cache when there), and its index when a selector can use one.
+
+        The first read of a frame decodes it and matches event by event; a later read of the same frame gets
+        the decoded list from the cache and builds (once) the frame's (ev, ticker) index, so filtered reads that
+        come back to the same events only touch the matching ones.
+
+        The cache keeps the newest frames (by seq), not the most recently read: reads scan from the newest
+        frame backwards, and an LRU would evict exactly what the next scan needs first.
+        """
+        cache = self._cache
+        entry = cache.get(first)
+        if entry is not None:
+            if selector is None:
+                return entry[0], None
+            if entry[1] is None:
+                entry[1] = build_index(entry[0], selector.keymap)
+            return entry[0], entry[1]
+        events = decode_frame(raw, last - first + 1)
+        n = len(events)
+        if not n or n > self.cache_budget:
+            return events, None
+        keys = self._cache_keys
+        if self._cached + n > self.cache_budget and keys and first < keys[0]:
+            return events, None  # older than everything cached, and no room: not worth evicting newer frames
+        cache[first] = [events, None]
+        heappush(keys, first)
+        self._cached += n
+        while self._cached > self.cache_budget:
+            old = cache.pop(heappop(keys), None)
+            if old is not None:
+                self._cached -= len(old[0])
+        return events, None
+
+    def drop_cache(self) -> None:
+        self._cache.clear()
+        self._cache_keys.clear()
+        self._cached = 0
+
     def read(
         self,
         limit: int = 100,
@@ -124,13 +184,21 @@ class MessageBuffer:
         since_time: float | None = None,
         match: Matcher | None = None,
         needles: tuple[bytes, ...] | None = None,
+        selector=None,
     ) -> ReadResult:
         """Matching events, oldest first.
 
         Without since_seq/since_time: the newest `limit` matching events. With either: the oldest `limit`
         matching events after that point, so a caller paging with `next_seq` sees every event exactly once
         (events overwritten before it came back are reported in `gap`).
+
+        Filter with `selector` (markets.Selector: predicate + per-frame index + byte pre-check), or with a bare
+        `match` predicate and optional `needles` (bytes one of which a frame must contain to hold any match).
         """
+        if selector is not None:
+            match, needles = selector.match, selector.needles
+            if match is None:
+                selector = None
         limit = max(0, limit)
         head = self.head
         oldest = self.oldest
@@ -158,31 +226,50 @@ class MessageBuffer:
                 fi = ti
                 lower = max(lower, frames[ti][0])
         if forward:
-            return self._read_forward(fi, lower, limit, match, needles, head, oldest, gap)
-        return self._read_newest(fi, lower, limit, match, needles, head, oldest)
+            return self._read_forward(fi, lower, limit, match, needles, selector, head, oldest, gap)
+        return self._read_newest(fi, lower, limit, match, needles, selector, head, oldest)
 
-    def _read_forward(self, fi, lower, limit, match, needles, head, oldest, gap) -> ReadResult:
+    def _matches(self, first: int, last: int, raw: bytes, skip: int, match, selector) -> tuple[list, list | None]:
+        """(events, positions of the matching ones >= skip); positions None means "all from skip"."""
+        events, index = self._decoded(first, last, raw, selector)
+        if match is None:
+            return events, None
+        if index is not None:
+            ks = selector.positions(index)
+            if skip and ks and ks[0] < skip:
+                ks = [k for k in ks if k >= skip]
+            return events, ks
+        return events, [k for k in range(skip, len(events)) if match(events[k])]
+
+    def _read_forward(self, fi, lower, limit, match, needles, selector, head, oldest, gap) -> ReadResult:
         frames = self._frames
         out: list[tuple[int, float, dict]] = []
-        scanned = 0
         n = len(frames)
+        one = needles[0] if needles is not None and len(needles) == 1 else None
+        cache = self._cache
+        single = selector.single if selector is not None else None
         while fi < n and len(out) < limit:
             first, last, t, raw = frames[fi]
             fi += 1
+            if needles is not None and (one not in raw if one is not None else not any(x in raw for x in needles)):
+                continue
             skip = lower - first if lower > first else 0
-            if needles is not None and not any(nd in raw for nd in needles):
-                scanned += last - first + 1 - skip
-                continue
-            events = decode_frame(raw, last - first + 1)
+            entry = cache.get(first) if single is not None else None
+            if entry is not None and entry[1] is not None:  # the hot path of repeated filtered reads
+                events, ks = entry[0], entry[1].get(single)
+                if not ks:
+                    continue
+                if skip and ks[0] < skip:
+                    ks = [k for k in ks if k >= skip]
+            else:
+                events, ks = self._matches(first, last, raw, skip, match, selector)
             need = limit - len(out)
-            if match is None:
+            if ks is None:
                 part = events[skip : skip + need]
-                scanned += len(part)
                 out.extend(zip(range(first + skip, first + skip + len(part)), repeat(t), part, strict=False))
-                continue
-            scanned += len(events) - skip
-            hits = [(first + k, t, e) for k, e in enumerate(events[skip:], skip) if match(e)]
-            out.extend(hits[:need])
+            elif ks:
+                out.extend([(first + k, t, events[k]) for k in ks[:need]])
+        scanned = (frames[fi - 1][1] if fi else lower - 1) - lower + 1
         if limit == 0:
             next_seq, more = lower - 1, True
         elif len(out) >= limit:
@@ -190,33 +277,43 @@ class MessageBuffer:
             more = next_seq < head  # there may be more matching events after it
         else:
             next_seq, more = head, False
-        return ReadResult(out, next_seq, head, oldest, gap=gap, more=more, scanned=scanned)
+        return ReadResult(out, next_seq, head, oldest, gap=gap, more=more, scanned=max(0, scanned))
 
-    def _read_newest(self, lo_fi, lower, limit, match, needles, head, oldest) -> ReadResult:
+    def _read_newest(self, lo_fi, lower, limit, match, needles, selector, head, oldest) -> ReadResult:
         frames = self._frames
         chunks: list[list[tuple[int, float, dict]]] = []  # newest frame first
         got = 0
-        scanned = 0
         fi = len(frames) - 1
+        one = needles[0] if needles is not None and len(needles) == 1 else None
+        cache = self._cache
+        single = selector.single if selector is not None else None
         while fi >= lo_fi and got < limit:
             first, last, t, raw = frames[fi]
             fi -= 1
-            skip = lower - first if lower > first else 0
-            if needles is not None and not any(nd in raw for nd in needles):
-                scanned += last - first + 1 - skip
+            if needles is not None and (one not in raw if one is not None else not any(x in raw for x in needles)):
                 continue
-            events = decode_frame(raw, last - first + 1)
+            skip = lower - first if lower > first else 0
+            entry = cache.get(first) if single is not None else None
+            if entry is not None and entry[1] is not None:  # the hot path of repeated filtered reads
+                events, ks = entry[0], entry[1].get(single)
+                if not ks:
+                    continue
+                if skip and ks[0] < skip:
+                    ks = [k for k in ks if k >= skip]
+            else:
+                events, ks = self._matches(first, last, raw, skip, match, selector)
             need = limit - got
-            if match is None:
+            if ks is None:
                 start = max(skip, len(events) - need)
                 part = events[start:]
-                scanned += len(part)
                 chunk = list(zip(range(first + start, first + start + len(part)), repeat(t), part, strict=False))
+            elif ks:
+                chunk = [(first + k, t, events[k]) for k in ks[-need:]]
             else:
-                scanned += len(events) - skip
-                chunk = [(first + k, t, e) for k, e in enumerate(events[skip:], skip) if match(e)][-need:]
+                continue
             chunks.append(chunk)
             got += len(chunk)
         picked = [row for chunk in reversed(chunks) for row in chunk]
         more = bool(picked) and got >= limit and picked[0][0] > lower
-        return ReadResult(picked, head, head, oldest, more=more, scanned=scanned)
+        scanned = head - max(lower, frames[fi + 1][0]) + 1 if fi + 1 < len(frames) else 0
+        return ReadResult(picked, head, head, oldest, more=more, scanned=max(0, scanned))

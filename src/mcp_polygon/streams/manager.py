@@ -24,6 +24,7 @@ from mcp_polygon.streams.markets import (
     MARKETS,
     ChannelError,
     Market,
+    Selector,
     check_limits,
     make_matcher,
     normalize_channels,
@@ -430,11 +431,7 @@ class StreamManager:
         except ChannelError as exc:
             raise StreamError(str(exc)) from None
         return stream.buffer.read(
-            limit,
-            since_seq=since_seq,
-            since_time=since_time,
-            match=make_matcher(stream.market, flt),
-            needles=flt.needles(),
+            limit, since_seq=since_seq, since_time=since_time, selector=Selector(stream.market, flt)
         )
 
     async def replay(

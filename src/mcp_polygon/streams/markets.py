@@ -474,3 +474,55 @@ def make_matcher(market: Market, flt: ChannelFilter):
         return tk in tickers or (ev, tk) in pairs
 
     return match
+
+
+def build_index(events: list, keymap: dict[str, str]) -> dict[tuple, list[int]]:
+    """(ev, ticker) -> positions of one decoded frame; lets repeated filtered reads skip non-matching events."""
+    index: dict[tuple, list[int]] = {}
+    for k, e in enumerate(events):
+        ev = e.get("ev")
+        if type(ev) is not str:
+            ev = None
+        tk = e.get(keymap.get(ev, "sym"))
+        if type(tk) is not str:
+            tk = None
+        ks = index.get((ev, tk))
+        if ks is None:
+            index[(ev, tk)] = [k]
+        else:
+            ks.append(k)
+    return index
+
+
+class Selector:
+    """A channel filter compiled for one market: a per-event predicate, a per-frame index lookup, a byte
+    pre-check. `match is None` means every event matches."""
+
+    __slots__ = ("_pairs", "_prefixes", "_tickers", "keymap", "match", "needles", "single")
+
+    def __init__(self, market: Market, flt: ChannelFilter) -> None:
+        self.match = make_matcher(market, flt)
+        self.needles = flt.needles()
+        self.keymap = {p: e.ticker_key for p, e in market.events.items()}
+        self._pairs, self._prefixes, self._tickers = flt.pairs, flt.prefixes, flt.tickers
+        only_one = len(flt.pairs) == 1 and not flt.prefixes and not flt.tickers
+        self.single = next(iter(flt.pairs)) if only_one else None  # the common `T.AAPL` case
+
+    def positions(self, index: dict[tuple, list[int]]) -> list[int]:
+        """Positions of matching events in a frame, ascending, from its index."""
+        if self.single is not None:
+            return index.get(self.single, [])
+        prefixes, tickers, pairs = self._prefixes, self._tickers, self._pairs
+        out: list[int] = []
+        parts = 0
+        for key, ks in index.items():
+            if key[0] in prefixes or key[1] in tickers or key in pairs:
+                out += ks
+                parts += 1
+        if parts > 1:
+            out.sort()
+        return out
+
+
+def compile_filter(market: Market, raw: str | list[str] | None) -> Selector:
+    return Selector(market, parse_filter(market, raw))

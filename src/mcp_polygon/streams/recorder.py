@@ -33,6 +33,7 @@ _NAME = re.compile(r"^(\d{1,20})-(?:(\d{1,20})|open)-(\d+)\.jsonl$")
 DEFAULT_SEGMENT_BYTES = 8 << 20
 _BISECT_MIN = 64 << 10  # below this many bytes, scan instead of bisecting
 _TAIL = 1 << 16
+_DICT_ONLY = {dict}
 
 
 @dataclass(frozen=True)
@@ -372,15 +373,30 @@ def _replay_segment(seg: Segment, from_ns: int, to_ns: int, limit: int, match, n
                 continue
             if type(events) is not list:
                 continue
+            if set(map(type, events)) != _DICT_ONLY:
+                events = [e for e in events if type(e) is dict]
             start = from_ns - ns if ns < from_ns else 0
-            if start >= len(events):
-                continue
             end = min(len(events), to_ns - ns + 1)
-            for k in range(start, end):
-                ev = events[k]
-                if match is None or (type(ev) is dict and match(ev)):
-                    out.append((ns + k, ev))
-                    if len(out) >= limit:
-                        # Are there more in range? Cheap check: the rest of this frame or any later line.
-                        return out, True
+            if start >= end:
+                continue
+            part = events[start:end] if start or end < len(events) else events
+            if match is None:
+                hits = list(zip(range(ns + start, ns + end), part, strict=True))
+            else:
+                hits = [(ns + k, e) for k, e in enumerate(part, start) if match(e)]
+            room = limit - len(out)
+            if len(hits) >= room:
+                out += hits[:room]
+                # "Are there more?" cheaply: the rest of this frame, or the next line being in range.
+                return out, len(hits) > room or _more_after(f, to_ns)
+            out += hits
     return out, False
+
+
+def _more_after(f, to_ns: int) -> bool:
+    """Whether the next complete line of `f` is stamped <= to_ns (asked once, when a page is full)."""
+    line = f.readline()
+    if not line.endswith(b"\n"):
+        return False
+    ns_text = line.partition(b" ")[0]
+    return ns_text.isdigit() and int(ns_text) <= to_ns

@@ -275,7 +275,11 @@ class _Tools:
         elif r.more:
             more = "older matching events exist; narrow the filter or use since_seq to page forward."
         if fmt == "json":
-            events = [{"seq": seq, "received_at": iso(t), **ev} for seq, t, ev in r.events]
+            stamps: dict[float, str] = {}  # events of one frame share a receive time: format it once
+            events = [
+                {"seq": seq, "received_at": stamps.get(t) or stamps.setdefault(t, iso(t)), **ev}
+                for seq, t, ev in r.events
+            ]
             body = {
                 "market": self.m,
                 "simulated": self.settings.simulated,

@@ -126,6 +126,7 @@ class Connection:
         self.last_disconnect: str | None = None
         self.last_disconnect_at: float | None = None
         self.last_error: str | None = None
+        self.last_error_at: float | None = None
         self.retry_at: float | None = None  # wall time of the next attempt while waiting
         self.attempts = 0
         self._cooldowns = 0
@@ -268,11 +269,14 @@ class Connection:
         finally:
             self._ws = None
             self.connected_since = None
+            warning = self.session.warning
+            if warning is not None and reason and warning.describe() not in reason:
+                reason = f"{reason} after {warning.describe()}"
             self.session.connection_lost()
         self.last_disconnect = reason
         self.last_disconnect_at = time.time()
         if reason and not self._stopping:
-            self.last_error = reason
+            self.last_error, self.last_error_at = reason, time.time()
             log.info("stream %s: disconnected: %s", self.label, reason)
         return opened is not None and time.monotonic() - opened >= self.healthy_after
 
@@ -334,7 +338,7 @@ class Connection:
         self.pulse.notify()
         term = session.terminal
         if term is not None:
-            self.last_error = term.describe()
+            self.last_error, self.last_error_at = term.describe(), time.time()
             return term.describe()
         return None
 

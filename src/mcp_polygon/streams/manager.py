@@ -486,6 +486,10 @@ class StreamManager:
         buf = stream.buffer
         now = time.time()
         recorder = stream.recorder
+        errors = [(session.last_error_at, session.last_error)]
+        if conn is not None:
+            errors.append((conn.last_error_at, conn.last_error))
+        last_error = max((e for e in errors if e[1]), default=(None, None), key=lambda e: e[0] or 0)
         return {
             "market": market,
             "state": stream.state,
@@ -518,7 +522,8 @@ class StreamManager:
             "last_disconnect": conn.last_disconnect if conn else None,
             "last_disconnect_at": conn.last_disconnect_at if conn else None,
             "last_status": session.last_status.describe() if session.last_status else None,
-            "last_error": session.last_error or (conn.last_error if conn else None),
+            "last_error": last_error[1],
+            "last_error_at": last_error[0],
             "connection_error": conn.last_error if conn else None,
             "status_counts": dict(session.status_counts),
             "malformed_frames": session.malformed_frames,

@@ -152,6 +152,8 @@ class ProtocolSession:
         self.terminal: StatusEvent | None = None  # set when the server said it will drop us
         self.last_status: StatusEvent | None = None
         self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.warning: StatusEvent | None = None  # slow_consumer / force_disconnect / terminal, on this socket
         self.history: deque[tuple[float, StatusEvent]] = deque(maxlen=50)
         self.status_counts: Counter = Counter()
         self.malformed_frames = 0
@@ -175,6 +177,7 @@ class ProtocolSession:
         self._awaiting = {}
         self.unsubscribing = {}
         self.terminal = None
+        self.warning = None
         self.auth = AuthState.PENDING
         for st in self.topics.values():
             st.sent = False
@@ -327,8 +330,8 @@ class ProtocolSession:
             self.auth = AuthState.FAILED
             self.auth_message = st.message
             self.plan_lacks_websocket = st.plan_lacks_websocket
-            self.last_error = st.describe()
-            self.terminal = st
+            self.last_error, self.last_error_at = st.describe(), now
+            self.terminal = self.warning = st
         elif kind is Status.SUCCESS:
             if st.action == "subscribed":
                 for t in st.topics:
@@ -340,13 +343,15 @@ class ProtocolSession:
                 for t in st.topics:
                     self.unsubscribing.pop(t, None)
         elif kind is Status.ERROR:
-            self.last_error = st.describe()
+            self.last_error, self.last_error_at = st.describe(), now
             self._reject(st.message or st.status)
         elif kind in (Status.AUTH_TIMEOUT, Status.MAX_CONNECTIONS):
-            self.last_error = st.describe()
-            self.terminal = st
+            self.last_error, self.last_error_at = st.describe(), now
+            self.terminal = self.warning = st
         elif kind in (Status.SLOW_CONSUMER, Status.FORCE_DISCONNECT, Status.AUTH_REQUIRED):
-            self.last_error = st.describe()
+            self.last_error, self.last_error_at = st.describe(), now
+            if kind is not Status.AUTH_REQUIRED:
+                self.warning = st
         return st
 
     def _reject(self, reason: str) -> None:

@@ -117,7 +117,8 @@ class _Tools:
         elif o.state == "cooldown":
             head = (
                 f"{self.m} stream: NOT streaming - the server reported max_connections (another connection on this "
-                f"API key and market took the slot); retrying at {iso(o.retry_at, ms=False)} instead of fighting it."
+                f"API key and market took the slot); retrying at {iso(o.retry_at, ms=False)} instead of fighting it. "
+                f"To take the slot back now: stop_{self.m}_stream, then start_{self.m}_stream (evicts the other)."
             )
         elif o.auth != "authenticated":
             why = f": {o.error}" if o.error else ""
@@ -233,7 +234,7 @@ class _Tools:
         if s["last_status"]:
             lines.append(f"last status message: {s['last_status']}")
         if s["last_error"]:
-            lines.append(f"last error: {s['last_error']}")
+            lines.append(f"last error ({ago(s['last_error_at'], now)}): {s['last_error']}")
         if s["malformed_frames"] or s["malformed_events"]:
             lines.append(
                 f"malformed input dropped: {s['malformed_frames']} frames, {s['malformed_events']} events "
@@ -312,7 +313,10 @@ class _Tools:
         if not r.head:
             if st.active:
                 return f"{self.m}: no events received yet (state: {_state_text(st.state, '')})."
-            return f"{self.m}: no events; the stream is not running. Start it with start_{self.m}_stream."
+            return (
+                f"{self.m}: no events in memory; the stream is not running. Start it with start_{self.m}_stream; "
+                f"earlier sessions' events are on disk: replay_{self.m}_stream_messages."
+            )
         what = f" matching '{channel_filter}'" if channel_filter else ""
         return f"{self.m}: no new events{what} (buffer seq {r.oldest}-{r.head})."
 

@@ -345,6 +345,9 @@ class Connection:
 
 def _describe_close(exc: ConnectionClosed) -> str:
     rcvd = exc.rcvd
+    sent = exc.sent
+    if rcvd is None and sent is not None and sent.code == 1011 and "keepalive" in (sent.reason or ""):
+        return "the server stopped answering keep-alive pings (dead connection)"
     if rcvd is None:
         return "connection dropped without a close frame"
     text = f"server closed the connection (code {rcvd.code}"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import ValidationError
 
 from mcp_polygon import __version__
 from mcp_polygon.config import Settings
@@ -28,12 +32,43 @@ IMPORTANT: this server runs against the built-in SIMULATOR (mcp-polygon --simula
 event it returns is synthetic test data, not real market data. Never present it as real."""
 
 
+def describe_invalid_arguments(tool: str, error: ValidationError) -> str:
+    """One sentence naming each bad argument and what it accepts, instead of pydantic's multi-line report."""
+    problems = []
+    for err in error.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "arguments"
+        if err["type"] == "missing":
+            problems.append(f"{field} is required")
+            continue
+        got = repr(err.get("input"))
+        got = got if len(got) <= 40 else got[:37] + "..."
+        problems.append(f"{field}: {err['msg'][:1].lower()}{err['msg'][1:]} (got {got})")
+    return f"Invalid arguments for {tool}: {'; '.join(problems)}. Fix them and call again."
+
+
+class PolygonServer(MCPServer):
+    """MCPServer whose argument errors read as one actionable sentence."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(describe_invalid_arguments(name, exc.__cause__)) from exc.__cause__
+            if self._tool_manager.get_tool(name) is None:
+                names = [tool.name for tool in self._tool_manager.list_tools()]
+                close = difflib.get_close_matches(name, names, n=3)
+                hint = f"did you mean {' or '.join(close)}?" if close else "list the tools to see the valid names."
+                raise ToolError(f"Unknown tool {name!r}; {hint}") from None
+            raise
+
+
 @dataclass
 class App:
     """The server and the resources it owns for the life of the process (shared by every MCP session)."""
 
     settings: Settings
-    server: MCPServer
+    server: PolygonServer
     rest: RestClient
     streams: StreamManager
 
@@ -50,7 +85,7 @@ class App:
 
 def build_app(settings: Settings) -> App:
     instructions = INSTRUCTIONS + (SIMULATED_NOTE if settings.simulated else "")
-    server = MCPServer(name="mcp-polygon", version=__version__, instructions=instructions)
+    server = PolygonServer(name="mcp-polygon", version=__version__, instructions=instructions)
     rest = RestClient(settings)
     streams = StreamManager(settings)
     register_rest_tools(server, rest, settings)

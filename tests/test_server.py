@@ -1,11 +1,13 @@
 """Server-level behaviour every tool shares: argument errors and unknown tools, through a real MCP client."""
 
-from mcp_polygon.server import App
+from mcp_polygon.config import ALL_TOOLSETS
+from mcp_polygon.server import App, _without_titles
 
 
-async def test_server_lists_tools_over_jsonrpc(client, app: App):
-    tools = await client.list_tools()
-    assert isinstance(tools.tools, list)
+async def test_server_lists_all_129_tools_over_jsonrpc(client, app: App):
+    names = [tool.name for tool in (await client.list_tools()).tools]
+    assert len(names) == len(set(names)) == 129
+    assert app.settings.toolsets == frozenset(ALL_TOOLSETS)
 
 
 async def test_bad_argument_is_one_sentence_naming_valid_choices(client):
@@ -28,3 +30,24 @@ async def test_unknown_tool_suggests_the_closest_names(client):
     result = await client.call_tool("get_agg", {})
     assert result.is_error
     assert "did you mean get_aggs" in result.content[0].text
+
+
+def test_schema_titles_are_dropped_but_an_argument_named_title_stays():
+    schema = {
+        "title": "toolArguments",
+        "type": "object",
+        "properties": {
+            "title": {"title": "Title", "type": "string"},
+            "limit": {"title": "Limit", "anyOf": [{"type": "integer", "title": "x"}]},
+        },
+    }
+    assert _without_titles(schema) == {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "limit": {"anyOf": [{"type": "integer"}]}},
+    }
+
+
+async def test_listed_schemas_carry_no_generated_titles(client):
+    tools = (await client.list_tools()).tools
+    assert len(tools) == 129
+    assert all('"title"' not in str(tool.input_schema).replace("'", '"') for tool in tools)

@@ -11,7 +11,6 @@ tests/test_rest_spec.py fails when the committed file is out of date.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -23,6 +22,8 @@ SPEC = ROOT / "specs" / "massive_rest_openapi.json"
 OUT = ROOT / "src" / "mcp_polygon" / "rest" / "endpoints_data.json"
 
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
+import spec_derived  # noqa: E402
 from mcp_polygon.rest.endpoints import FILTER_SUFFIXES, all_vendor_paths  # noqa: E402
 
 MAX_DESCRIPTION = 160
@@ -106,35 +107,22 @@ def build(spec: dict[str, Any], source_sha256: str) -> dict[str, Any]:
             "params": params,
         }
     return {
-        "_provenance": {
-            "generated_by": "scripts/build_endpoints.py",
-            "source": "specs/massive_rest_openapi.json",
-            "source_sha256": source_sha256,
-            "note": "Generated: do not edit by hand; rerun the script after changing the spec or the tool table.",
-        },
+        "_provenance": spec_derived.provenance(
+            "build_endpoints.py",
+            "Generated: do not edit by hand; rerun the script after changing the spec or the tool table.",
+            source_sha256,
+        ),
         "paths": paths,
     }
 
 
-def render(data: dict[str, Any]) -> str:
-    # One path per line keeps diffs readable while the file stays compact.
-    lines = ["{", f'"_provenance": {json.dumps(data["_provenance"], ensure_ascii=False)},', '"paths": {']
-    items = list(data["paths"].items())
-    for i, (path, entry) in enumerate(items):
-        comma = "," if i < len(items) - 1 else ""
-        lines.append(f"{json.dumps(path)}: {json.dumps(entry, ensure_ascii=False)}{comma}")
-    lines += ["}", "}", ""]
-    return "\n".join(lines)
-
-
 def generate() -> str:
-    raw = SPEC.read_bytes()
-    return render(build(json.loads(raw), hashlib.sha256(raw).hexdigest()))
+    return spec_derived.generate(build)
 
 
 def main() -> None:
     text = generate()
-    OUT.write_text(text, encoding="utf-8")
+    spec_derived.write(OUT, text)
     print(f"wrote {OUT.relative_to(ROOT)} ({len(text):,} bytes, {text.count(chr(10)) - 4} paths)")
 
 

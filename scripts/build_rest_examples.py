@@ -14,9 +14,7 @@ values and generating further rows for paging. Run after updating the spec:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,8 @@ SPEC = ROOT / "specs" / "massive_rest_openapi.json"
 OUT = ROOT / "src" / "mcp_polygon" / "simulator" / "data" / "rest_examples.json"
 
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
+import spec_derived  # noqa: E402
 from mcp_polygon.rest.endpoints import all_vendor_paths  # noqa: E402
 
 
@@ -125,35 +125,22 @@ def build(spec: dict[str, Any], source_sha256: str) -> dict[str, Any]:
             "body": body,
         }
     return {
-        "_provenance": {
-            "generated_by": "scripts/build_rest_examples.py",
-            "source": "specs/massive_rest_openapi.json",
-            "source_sha256": source_sha256,
-            "note": "Vendor example responses (MIT, see specs/README.md); generated, do not edit by hand.",
-        },
+        "_provenance": spec_derived.provenance(
+            "build_rest_examples.py",
+            "Vendor example responses (MIT, see specs/README.md); generated, do not edit by hand.",
+            source_sha256,
+        ),
         "paths": paths,
     }
 
 
-def render(data: dict[str, Any]) -> str:
-    lines = ["{", f'"_provenance": {json.dumps(data["_provenance"], ensure_ascii=False)},', '"paths": {']
-    items = list(data["paths"].items())
-    for i, (path, entry) in enumerate(items):
-        comma = "," if i < len(items) - 1 else ""
-        lines.append(f"{json.dumps(path)}: {json.dumps(entry, ensure_ascii=False)}{comma}")
-    lines += ["}", "}", ""]
-    return "\n".join(lines)
-
-
 def generate() -> str:
-    raw = SPEC.read_bytes()
-    return render(build(json.loads(raw), hashlib.sha256(raw).hexdigest()))
+    return spec_derived.generate(build)
 
 
 def main() -> None:
     text = generate()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text, encoding="utf-8")
+    spec_derived.write(OUT, text)
     print(f"wrote {OUT.relative_to(ROOT)} ({len(text):,} bytes)")
 
 

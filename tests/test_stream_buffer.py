@@ -9,7 +9,7 @@ import pytest
 
 from mcp_polygon.streams.buffer import MessageBuffer, decode_frame
 from mcp_polygon.streams.formatting import TimeFormatError, parse_time_ns
-from mcp_polygon.streams.markets import MARKETS, make_matcher, parse_filter
+from mcp_polygon.streams.markets import MARKETS, compile_filter, make_matcher, parse_filter
 
 STOCKS = MARKETS["stocks"]
 
@@ -245,3 +245,80 @@ def test_cache_is_bounded_and_keeps_the_newest_frames():
         b.read(400)
     assert b._cached <= b.cache_budget == 100
     assert sorted(b._cache) == [first for first in range(301, 401, 10)]  # the ten newest frames
+
+
+PICK_FRAMES = [
+    # compact, ev first: the vendor's layout (cut at the event starts)
+    b'[{"ev":"T","sym":"AAPL","p":1.0,"c":[0,12]},{"ev":"Q","sym":"AAPL","bp":2.0},{"ev":"T","sym":"MSFT","p":3.0}]',
+    # ticker before ev, other fields around, a ticker-like string in another field
+    b'[{"sym":"AAPL","ev":"T","p":4.0},{"ev":"T","p":5.0,"sym":"AAPL"},{"ev":"T","sym":"MSFT","x":"AAPL"}]',
+    # whitespace between events and inside them: not cut (no `{"ev":"` at every start), decoded whole
+    b'[{"ev": "T", "sym": "AAPL", "p": 6.0}, {"ev":"T","sym":"AAPL","p":7.0}]',
+    # nested values, braces and escaped quotes in strings
+    b'[{"ev":"T","sym":"AAPL","m":{"a":[{"b":1}]},"s":"},{\\"ev\\":\\"T\\""},{"ev":"T","sym":"AAPL","p":8.0}]',
+    # stray entries: the frame holds fewer events than its count, decoded whole
+    b'[{"ev":"T","sym":"AAPL","p":9.0},5,{"ev":"T","sym":"AAPL","p":10.0}]',
+    # not JSON at all, though it starts like a frame
+    b'[{"ev":"T","sym":"AAPL","p":11.0},{"ev":"T","sym":"AAPL",',
+    # an event type that is a prefix of another, a ticker that is a prefix of another
+    b'[{"ev":"A","sym":"AAPL","o":1},{"ev":"AM","sym":"AAPL","o":2},{"ev":"T","sym":"AAPLX","p":12.0}]',
+    # non-string type and ticker values
+    b'[{"ev":["T"],"sym":"AAPL"},{"ev":"T","sym":["AAPL"]},{"ev":"T","sym":null},{"ev":"T","sym":"AAPL","p":13}]',
+]
+
+
+@pytest.mark.parametrize("flt", ["T.AAPL", "A.AAPL", "AM.AAPL", "T.MSFT", "Q.AAPL", "T.AAPL,Q.AAPL", "*.AAPL"])
+def test_reads_that_decode_only_candidate_events_equal_whole_frame_reads(flt):
+    """Reads that cut frames and decode only the events whose bytes can match (done for frames the cache will
+    not keep) must return what decoding every frame whole returns, whatever the frames hold."""
+    counts = [3, 3, 2, 3, 3, 2, 3, 4]
+    whole, cut = MessageBuffer(100), MessageBuffer(100)
+    for buf in (whole, cut):
+        for i, (raw, n) in enumerate(zip(PICK_FRAMES, counts, strict=True)):
+            buf.append(raw, n, 1000.0 + i)
+    cut.cache_budget = 0  # nothing is cacheable: every frame takes the cut-and-pick path
+    sel = compile_filter(STOCKS, flt)
+    for since in (None, 0, 2, 4, 9, 14):
+        for limit in (1, 2, 1000):
+            kw = {"limit": limit} if since is None else {"limit": limit, "since_seq": since}
+            whole.drop_cache()
+            a, b = read(whole, flt, **kw), cut.read(selector=sel, **kw)
+            assert [(s, e) for s, _, e in a.events] == [(s, e) for s, _, e in b.events], (flt, since, limit)
+            assert (a.next_seq, a.more, a.gap) == (b.next_seq, b.more, b.gap)
+
+
+def test_selector_scan_equals_the_predicate():
+    events = orjson.loads(PICK_FRAMES[0]) + orjson.loads(PICK_FRAMES[7]) + orjson.loads(PICK_FRAMES[1])
+    for flt in ("T.AAPL", "T.MSFT", "*.AAPL", "T.*"):
+        sel = compile_filter(STOCKS, flt)
+        for skip in (0, 1, 5):
+            assert sel.scan(events, skip) == [k for k in range(skip, len(events)) if sel.match(events[k])]
+
+
+def test_picked_and_whole_cache_entries_never_change_an_answer():
+    """Single-pair reads cache only the events they picked; reads of other pairs of the same frames add theirs,
+    and a read that needs whole frames replaces the picks. Answers must stay those of cold whole-frame reads."""
+    frames = [
+        [
+            {"ev": "T", "sym": "AAPL", "p": float(i)},
+            {"ev": "Q", "sym": "MSFT", "bp": float(i)},
+            {"ev": "T", "sym": "MSFT", "p": float(i)},
+            {"ev": "Q", "sym": "AAPL", "bp": float(i)},
+        ][: 1 + i % 4]
+        for i in range(80)
+    ]
+    warm, cold = MessageBuffer(120), MessageBuffer(120)
+    fill(warm, frames)
+    fill(cold, frames)
+    filters = ["T.AAPL", "Q.AAPL", "T.AAPL", None, "T.MSFT", "*.AAPL", "T.AAPL", "Q.MSFT", "LULD.AAPL"]
+    for rnd in range(3):
+        for flt in filters:
+            for since in (None, 0, 130, 150, 195):
+                kw = {"limit": 7 if rnd else 1000} if since is None else {"limit": 1000, "since_seq": since}
+                cold.drop_cache()
+                a, b = read(cold, flt, **kw), warm.read(selector=compile_filter(STOCKS, flt), **kw)
+                assert [(s, e) for s, _, e in a.events] == [(s, e) for s, _, e in b.events], (flt, since, rnd)
+                assert (a.next_seq, a.more, a.gap) == (b.next_seq, b.more, b.gap)
+                assert warm._cached == sum(entry[3] for entry in warm._cache.values()) <= warm.cache_budget
+        fill(warm, frames[:5], t0=2000.0 + rnd)  # new data: the ring moves on
+        fill(cold, frames[:5], t0=2000.0 + rnd)

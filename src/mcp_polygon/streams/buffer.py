@@ -82,9 +82,12 @@ class MessageBuffer:
         self._start = 0
         self.head = 0
         self._last_time = 0.0
-        # Decoded frames kept for repeated reads (first_seq -> [events, index or None]), newest data first.
-        # Bounded to a quarter of the ring in events: a decoded event takes ~1 KB, a raw one ~0.15 KB, so raw +
-        # cache stays under ~0.45 MB per 1,000 buffered events; the cache is empty until something reads.
+        # Decoded frames kept for repeated reads, newest data first: first_seq -> [events, index, picked, weight].
+        # A whole frame: [its events, its (ev, ticker) index or None, False, len(events)]. A frame only picked
+        # (Selector.pick: the matching events of one `T.AAPL` pair or more, the rest never decoded):
+        # [{position: event}, {pair: positions}, True, 1 + events held].
+        # Bounded to a quarter of the ring in weight (~events): a decoded event takes ~1 KB, a raw one ~0.15 KB, so
+        # raw + cache stays under ~0.45 MB per 1,000 buffered events; the cache is empty until something reads.
         self._cache: dict[int, list] = {}
         self._cache_keys: list[int] = []  # min-heap of the cached first_seqs: the oldest goes first
         self._cached = 0
@@ -149,7 +152,7 @@ class MessageBuffer:
         """
         cache = self._cache
         entry = cache.get(first)
-        if entry is not None:
+        if entry is not None and not entry[2]:
             if selector is None:
                 return entry[0], None
             if entry[1] is None:
@@ -157,19 +160,61 @@ class MessageBuffer:
             return entry[0], entry[1]
         events = decode_frame(raw, last - first + 1)
         n = len(events)
-        if not n or n > self.cache_budget:
-            return events, None
-        keys = self._cache_keys
-        if self._cached + n > self.cache_budget and keys and first < keys[0]:
-            return events, None  # older than everything cached, and no room: not worth evicting newer frames
-        cache[first] = [events, None]
+        if entry is None:
+            self._keep(first, [events, None, False, n])
+        elif 0 < n <= self.cache_budget:  # only picked so far: the whole frame replaces it, in place
+            self._cached += n - entry[3]
+            entry[:] = [events, None, False, n]
+            self._evict()
+        return events, None
+
+    def _keep(self, first: int, entry: list) -> None:
+        """Cache `entry` (weight entry[3]) when it fits, evicting the oldest frames to make room."""
+        if not self._cacheable(first, entry[3]):
+            return
+        cache, keys = self._cache, self._cache_keys
+        cache[first] = entry
         heappush(keys, first)
-        self._cached += n
+        self._cached += entry[3]
+        self._evict()
+
+    def _evict(self) -> None:
+        cache, keys = self._cache, self._cache_keys
         while self._cached > self.cache_budget:
             old = cache.pop(heappop(keys), None)
             if old is not None:
-                self._cached -= len(old[0])
-        return events, None
+                self._cached -= old[3]
+
+    def _picked(self, first: int, last: int, raw: bytes, selector) -> tuple[dict, list[int]] | None:
+        """({position: event}, positions) of the frame's events matching the selector's single pair, decoding
+        only those (Selector.pick), from the cache when an earlier read picked the same pair. None when the
+        frame is cached whole (its index serves) or cannot be cut: the caller decodes it whole."""
+        entry = self._cache.get(first)
+        if entry is not None and not entry[2]:
+            return None
+        picked = selector.pick(raw, last - first + 1)
+        if picked is None:
+            return None
+        found, ks = picked
+        if entry is None:
+            self._keep(first, [found, {selector.single: ks}, True, 1 + len(found)])
+        else:  # another pair of the same frame: merge, so the events of both pairs stay
+            held = entry[0]
+            before = len(held)
+            held.update(found)
+            entry[1][selector.single] = ks
+            entry[3] += len(held) - before
+            self._cached += len(held) - before
+            self._evict()
+        return found, ks
+
+    def _cacheable(self, first: int, n: int) -> bool:
+        """Whether an entry of weight `n` for the frame starting at `first` would be kept in the cache."""
+        if not n or n > self.cache_budget:
+            return False
+        keys = self._cache_keys
+        # Older than everything cached, and no room: not worth evicting newer frames.
+        return not (self._cached + n > self.cache_budget and keys and first < keys[0])
 
     def drop_cache(self) -> None:
         self._cache.clear()
@@ -229,8 +274,19 @@ class MessageBuffer:
             return self._read_forward(fi, lower, limit, match, needles, selector, head, oldest, gap)
         return self._read_newest(fi, lower, limit, match, needles, selector, head, oldest)
 
-    def _matches(self, first: int, last: int, raw: bytes, skip: int, match, selector) -> tuple[list, list | None]:
-        """(events, positions of the matching ones >= skip); positions None means "all from skip"."""
+    def _matches(self, first: int, last: int, raw: bytes, skip: int, match, selector) -> tuple:
+        """(events, positions of the matching ones >= skip); positions None means "all from skip".
+
+        `events` is the frame's list, or a {position: event} dict holding only the matching ones."""
+        if selector is not None and selector.single is not None:
+            # A single pair (`T.AAPL`) keeps one event in many: decode only those (about half the cost of
+            # decoding the frame whole on a mixed feed), and cache only those.
+            picked = self._picked(first, last, raw, selector)
+            if picked is not None:
+                found, ks = picked
+                if skip and ks and ks[0] < skip:
+                    ks = [k for k in ks if k >= skip]
+                return found, ks
         events, index = self._decoded(first, last, raw, selector)
         if match is None:
             return events, None
@@ -239,6 +295,8 @@ class MessageBuffer:
             if skip and ks and ks[0] < skip:
                 ks = [k for k in ks if k >= skip]
             return events, ks
+        if selector is not None:
+            return events, selector.scan(events, skip)
         return events, [k for k in range(skip, len(events)) if match(events[k])]
 
     def _read_forward(self, fi, lower, limit, match, needles, selector, head, oldest, gap) -> ReadResult:
@@ -255,7 +313,8 @@ class MessageBuffer:
                 continue
             skip = lower - first if lower > first else 0
             entry = cache.get(first) if single is not None else None
-            if entry is not None and entry[1] is not None:  # the hot path of repeated filtered reads
+            # The hot path of repeated filtered reads: a whole frame's index, or a pick of this very pair.
+            if entry is not None and entry[1] is not None and (not entry[2] or single in entry[1]):
                 events, ks = entry[0], entry[1].get(single)
                 if not ks:
                     continue
@@ -294,7 +353,8 @@ class MessageBuffer:
                 continue
             skip = lower - first if lower > first else 0
             entry = cache.get(first) if single is not None else None
-            if entry is not None and entry[1] is not None:  # the hot path of repeated filtered reads
+            # The hot path of repeated filtered reads: a whole frame's index, or a pick of this very pair.
+            if entry is not None and entry[1] is not None and (not entry[2] or single in entry[1]):
                 events, ks = entry[0], entry[1].get(single)
                 if not ks:
                     continue

@@ -6,7 +6,7 @@ import math
 import re
 import time
 from datetime import UTC, datetime
-from itertools import chain
+from itertools import chain, repeat
 from operator import itemgetter
 
 import orjson
@@ -166,11 +166,30 @@ def _column(values: list) -> list[str]:
     return [_cell(v) for v in values]
 
 
+_second = itemgetter(1)
+
+
 def _values(events: list[dict], key: str) -> list:
     try:
         return list(map(itemgetter(key), events))  # C speed when every event has the field
     except KeyError:
         return [e.get(key) for e in events]
+
+
+def _by_event_type(rows: list[tuple[object, dict]]) -> dict[object, list[tuple[object, dict]]]:
+    """Rows grouped by `ev` (repr of non-string values), in order of first appearance."""
+    evs = list(map(dict.get, map(_second, rows), repeat("ev")))
+    if evs and type(evs[0]) is str and evs.count(evs[0]) == len(evs):
+        return {evs[0]: rows}  # the usual answer to a filtered read: one event type, no per-row loop
+    groups: dict[object, list[tuple[object, dict]]] = {}
+    for ev, row in zip(evs, rows, strict=True):
+        key = ev if isinstance(ev, str) else repr(ev)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [row]
+        else:
+            group.append(row)
+    return groups
 
 
 def csv_sections(market: Market, rows: list[tuple[object, dict]], lead: str | None) -> list[str]:
@@ -181,19 +200,10 @@ def csv_sections(market: Market, rows: list[tuple[object, dict]], lead: str | No
     are kept under their wire names, so nothing is lost. Formatting is column by column, so a 1,000-row answer
     costs a few C-level passes per column instead of a Python call per cell.
     """
-    groups: dict[object, list[tuple[object, dict]]] = {}
-    for row in rows:
-        ev = row[1].get("ev")
-        key = ev if isinstance(ev, str) else repr(ev)
-        group = groups.get(key)
-        if group is None:
-            groups[key] = [row]
-        else:
-            group.append(row)
     lines: list[str] = []
-    for ev, items in groups.items():
+    for ev, items in _by_event_type(rows).items():
         et = market.events.get(ev) if isinstance(ev, str) else None
-        events = [e for _, e in items]
+        events = list(map(_second, items))
         present = set().union(*events)
         present.discard("ev")
         cols: list[tuple[str, str]] = []

@@ -550,26 +550,27 @@ class Selector:
         """
         if self._ev_start is None or raw.count(_EV_START) != count or raw[-1:] != b"]":
             return None
-        needle, match = self._ticker_needle, self.match
+        needle, key = self._ticker_needle, self._single_key
+        ev, ticker = self.single
         found: dict[int, dict] = {}
-        k, counted_to = 0, 0
+        k, counted_to, last = 0, 0, len(raw) - 1
         for m in self._ev_start.finditer(raw):
             start = m.start()
             end = raw.find(_EV_START, m.end())
-            piece = raw[start:end] if end > 0 else raw[start:-1]
-            if needle not in piece:
+            end = end - 1 if end > 0 else last  # drop the `,` before the next event, or the closing `]`
+            if raw.find(needle, start, end) < 0:
                 continue
             k += raw.count(_EV_START, counted_to, start)  # this event's position in the frame
             counted_to = start
             if k < skip:
                 continue
             try:
-                event = _loads(piece.rstrip(b" \t\r\n,"))
+                event = _loads(raw[start:end])  # fails on `}, {`-style whitespace too: decoded whole then
             except orjson.JSONDecodeError:
                 return None
             if type(event) is not dict:
                 return None
-            if match(event):
+            if event.get("ev") == ev and event.get(key) == ticker:  # self.match, for this single pair
                 found[k] = event
         return found, list(found)
 

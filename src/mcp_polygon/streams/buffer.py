@@ -2,7 +2,8 @@
 
 Events are stored per received frame, as the frame's raw JSON bytes (status events already removed): appending
 a frame costs O(1) whatever its size, and 1,000 buffered events take about 0.1-0.3 MB instead of the ~0.7 MB
-their decoded dicts would. A frame is decoded again only when a read needs it.
+their decoded dicts would. A frame is decoded again only when a read needs it (whole, or for a single-pair
+filter such as `T.AAPL` only its events that can match: see Selector.pick).
 
 Sequence numbers start at 1 and only increase for the life of the buffer (the process): event k of a frame
 whose first event has seq F has seq F + k. The receive time is stored per frame.

@@ -546,7 +546,9 @@ class Selector:
         holds exactly `count` of them they are exactly the event starts, so the frame can be cut there. Only
         the events of the wanted type that also hold the ticker's bytes are decoded, and each is checked with
         the full predicate. A piece that does not decode to an object means the frame is not what it seemed:
-        None, and the caller decodes it whole, as it always did.
+        None, and the caller decodes it whole, as it always did. One difference remains: a frame whose wanted
+        events are valid JSON but whose other bytes are not yields those events here, where decoding it whole
+        yields none (the protocol only lets such a frame through if the vendor sends broken JSON).
         """
         if self._ev_start is None or raw.count(_EV_START) != count or raw[-1:] != b"]":
             return None

@@ -544,13 +544,13 @@ class Selector:
         spend most of its time on events it drops. Every event the vendor (and orjson) writes starts with
         `{"ev":"`, a sequence that cannot occur inside a JSON string (it holds a bare quote); when the frame
         holds exactly `count` of them they are exactly the event starts, so the frame can be cut there. Only
-        the events of the wanted type that also hold the ticker's bytes are decoded, and each is checked with
-        the full predicate. A piece that does not decode to an object means the frame is not what it seemed:
+        the events of the wanted type that also hold the ticker's bytes are decoded, and each is checked against
+        the pair. A piece that does not decode to an object means the frame is not what it seemed:
         None, and the caller decodes it whole, as it always did. One difference remains: a frame whose wanted
         events are valid JSON but whose other bytes are not yields those events here, where decoding it whole
         yields none (the protocol only lets such a frame through if the vendor sends broken JSON).
         """
-        if self._ev_start is None or raw.count(_EV_START) != count or raw[-1:] != b"]":
+        if self._ev_start is None or raw[-1:] != b"]":
             return None
         needle, key = self._ticker_needle, self._single_key
         ev, ticker = self.single
@@ -574,6 +574,10 @@ class Selector:
                 return None
             if event.get("ev") == ev and event.get(key) == ticker:  # self.match, for this single pair
                 found[k] = event
+        # The event starts counted so far (for the positions) plus the rest: one pass over the frame checks that
+        # there are exactly `count` of them, which every position above relied on.
+        if k + raw.count(_EV_START, counted_to) != count:
+            return None
         return found, list(found)
 
     def scan(self, events: list[dict], skip: int = 0) -> list[int]:

@@ -1,4 +1,8 @@
-"""Server-level behaviour every tool shares: argument errors and unknown tools, through a real MCP client."""
+"""Server-level behaviour every tool shares (argument errors, unknown tools, tools/list, non-blocking), through a
+real MCP client."""
+
+import asyncio
+import time
 
 from mcp_polygon.config import ALL_TOOLSETS
 from mcp_polygon.server import App, _without_titles
@@ -51,3 +55,23 @@ async def test_listed_schemas_carry_no_generated_titles(client):
     tools = (await client.list_tools()).tools
     assert len(tools) == 129
     assert all('"title"' not in str(tool.input_schema).replace("'", '"') for tool in tools)
+
+
+async def test_a_slow_rest_call_does_not_stall_a_stream(client, app: App, sim):
+    """While a REST call waits 2 s on the upstream, stream events keep landing and stream tools answer at once."""
+    sim.ws.set_rate("crypto", 50)
+    started = await client.call_tool("start_crypto_stream", {"channels": ["XT.BTC-USD"]})
+    assert not started.is_error
+    sim.rest.inject("/v3/trades", delay=2.0)
+    slow = asyncio.create_task(client.call_tool("list_trades", {"ticker": "AAPL"}))
+    await asyncio.sleep(0.2)  # the slow call is now waiting on the simulator
+    buffer = app.streams.stream("crypto").buffer
+    head_before = buffer.head
+    began = time.monotonic()
+    messages = await client.call_tool("get_crypto_stream_messages", {"limit": 5})
+    answered_in = time.monotonic() - began
+    await asyncio.sleep(0.8)
+    assert not slow.done(), "the REST call should still be waiting on the delayed upstream"
+    assert buffer.head > head_before, "no stream events arrived while a REST call was waiting"
+    assert not messages.is_error and answered_in < 1.0
+    assert not (await slow).is_error

@@ -300,34 +300,49 @@ class MessageBuffer:
             return events, selector.scan(events, skip)
         return events, [k for k in range(skip, len(events)) if match(events[k])]
 
+    def _frame_hits(self, frame, lower, match, needles, one, selector, single):
+        """One frame's matching events at or after seq `lower`: (events, ks, skip), or None if none can match.
+
+        ks lists the indexes of matching events (None: every event from `skip` on). Shared by both read
+        directions, so the byte pre-check and the cache's fast path are written once.
+        """
+        first, last, _t, raw = frame
+        if needles is not None and (one not in raw if one is not None else not any(x in raw for x in needles)):
+            return None
+        skip = lower - first if lower > first else 0
+        entry = self._cache.get(first) if single is not None else None
+        # The hot path of repeated filtered reads: a whole frame's index, or a pick of this very pair.
+        if entry is not None and entry[1] is not None and (not entry[2] or single in entry[1]):
+            events, ks = entry[0], entry[1].get(single)
+            if not ks:
+                return None
+            if skip and ks[0] < skip:
+                ks = [k for k in ks if k >= skip]
+        else:
+            events, ks = self._matches(first, last, raw, skip, match, selector)
+        if ks is not None and not ks:
+            return None
+        return events, ks, skip
+
     def _read_forward(self, fi, lower, limit, match, needles, selector, head, oldest, gap) -> ReadResult:
         frames = self._frames
         out: list[tuple[int, float, dict]] = []
         n = len(frames)
         one = needles[0] if needles is not None and len(needles) == 1 else None
-        cache = self._cache
         single = selector.single if selector is not None else None
         while fi < n and len(out) < limit:
-            first, last, t, raw = frames[fi]
+            frame = frames[fi]
             fi += 1
-            if needles is not None and (one not in raw if one is not None else not any(x in raw for x in needles)):
+            hits = self._frame_hits(frame, lower, match, needles, one, selector, single)
+            if hits is None:
                 continue
-            skip = lower - first if lower > first else 0
-            entry = cache.get(first) if single is not None else None
-            # The hot path of repeated filtered reads: a whole frame's index, or a pick of this very pair.
-            if entry is not None and entry[1] is not None and (not entry[2] or single in entry[1]):
-                events, ks = entry[0], entry[1].get(single)
-                if not ks:
-                    continue
-                if skip and ks[0] < skip:
-                    ks = [k for k in ks if k >= skip]
-            else:
-                events, ks = self._matches(first, last, raw, skip, match, selector)
+            events, ks, skip = hits
+            first, t = frame[0], frame[2]
             need = limit - len(out)
             if ks is None:
                 part = events[skip : skip + need]
                 out.extend(zip(range(first + skip, first + skip + len(part)), repeat(t), part, strict=False))
-            elif ks:
+            else:
                 out.extend([(first + k, t, events[k]) for k in ks[:need]])
         scanned = (frames[fi - 1][1] if fi else lower - 1) - lower + 1
         if limit == 0:
@@ -345,33 +360,22 @@ class MessageBuffer:
         got = 0
         fi = len(frames) - 1
         one = needles[0] if needles is not None and len(needles) == 1 else None
-        cache = self._cache
         single = selector.single if selector is not None else None
         while fi >= lo_fi and got < limit:
-            first, last, t, raw = frames[fi]
+            frame = frames[fi]
             fi -= 1
-            if needles is not None and (one not in raw if one is not None else not any(x in raw for x in needles)):
+            hits = self._frame_hits(frame, lower, match, needles, one, selector, single)
+            if hits is None:
                 continue
-            skip = lower - first if lower > first else 0
-            entry = cache.get(first) if single is not None else None
-            # The hot path of repeated filtered reads: a whole frame's index, or a pick of this very pair.
-            if entry is not None and entry[1] is not None and (not entry[2] or single in entry[1]):
-                events, ks = entry[0], entry[1].get(single)
-                if not ks:
-                    continue
-                if skip and ks[0] < skip:
-                    ks = [k for k in ks if k >= skip]
-            else:
-                events, ks = self._matches(first, last, raw, skip, match, selector)
+            events, ks, skip = hits
+            first, t = frame[0], frame[2]
             need = limit - got
             if ks is None:
                 start = max(skip, len(events) - need)
                 part = events[start:]
                 chunk = list(zip(range(first + start, first + start + len(part)), repeat(t), part, strict=False))
-            elif ks:
-                chunk = [(first + k, t, events[k]) for k in ks[-need:]]
             else:
-                continue
+                chunk = [(first + k, t, events[k]) for k in ks[-need:]]
             chunks.append(chunk)
             got += len(chunk)
         picked = [row for chunk in reversed(chunks) for row in chunk]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mcp_polygon.cli import _parser
 from mcp_polygon.config import ALL_TOOLSETS, DEFAULT_REST_URL, DEFAULT_WS_URL, ConfigError, Settings, parse_toolsets
 
 SCRIPT = Path(sys.executable).with_name("mcp-polygon")
@@ -78,3 +79,19 @@ def test_cli_refuses_a_bad_toolset_with_exit_2_and_one_line_on_stderr():
     assert done.returncode == 2
     assert done.stdout == ""
     assert "unknown toolset(s) bonds" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], {"command": None, "transport": "stdio", "simulate": False, "log_level": "INFO", "port": 8000}),
+        (["--simulate", "serve"], {"command": "serve", "simulate": True}),
+        (["serve", "--transport", "http", "--port", "9000"], {"transport": "http", "port": 9000, "simulate": False}),
+        (["--log-level", "DEBUG", "serve", "--simulate"], {"log_level": "DEBUG", "simulate": True}),
+        (["simulate", "--log-level", "WARNING", "--rest-port", "0"], {"command": "simulate", "log_level": "WARNING"}),
+        (["simulate"], {"host": "127.0.0.1", "rest_port": 8100, "ws_port": 8101}),
+    ],
+)
+def test_options_work_before_or_after_the_subcommand(argv, expected):
+    args = vars(_parser().parse_args(argv))
+    assert {key: args[key] for key in expected} == expected

@@ -25,23 +25,30 @@ def _setup_logging(level: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mcp-polygon", description="Polygon.io / Massive.com market data over MCP.")
     p.add_argument("--version", action="version", version=f"mcp-polygon {__version__}")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = p.add_subparsers(dest="command")
 
-    def serve_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
-        sp.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
-        sp.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000); path is /mcp")
+    def common_args(sp: argparse.ArgumentParser, defaults: bool) -> None:
+        # Subcommands repeat the options with SUPPRESS defaults, so `mcp-polygon --simulate serve` keeps --simulate
+        # (argparse would otherwise let the subparser's default overwrite what was given before the subcommand).
+        def d(value: object) -> object:
+            return value if defaults else argparse.SUPPRESS
+
+        sp.add_argument("--log-level", default=d("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        sp.add_argument("--transport", choices=["stdio", "http"], default=d("stdio"), help="default: stdio")
+        sp.add_argument("--host", default=d("127.0.0.1"), help="bind address (default 127.0.0.1)")
+        sp.add_argument("--port", type=int, default=d(8000), help="HTTP port (default 8000); path is /mcp")
         sp.add_argument(
             "--simulate",
             action="store_true",
+            default=d(False),
             help="serve synthetic data from a built-in simulator: no API key or internet needed",
         )
 
-    serve_args(p)  # `mcp-polygon --transport http` works without the word `serve`
-    serve_args(sub.add_parser("serve", help="run the MCP server (default)"))
+    common_args(p, defaults=True)  # `mcp-polygon --transport http` works without the word `serve`
+    common_args(sub.add_parser("serve", help="run the MCP server (default)"), defaults=False)
     sim = sub.add_parser("simulate", help="run the vendor-protocol simulator (REST + WebSocket) standalone")
-    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sim.add_argument("--host", default=argparse.SUPPRESS, help="bind address (default 127.0.0.1)")
     sim.add_argument("--rest-port", type=int, default=8100)
     sim.add_argument("--ws-port", type=int, default=8101)
     sim.add_argument("--api-key", default=None, help="the key clients must send (default: the simulator's key)")

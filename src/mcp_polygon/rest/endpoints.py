@@ -89,6 +89,12 @@ def _snapshot_paths(stocks_suffix: str, global_suffix: str) -> dict[str, str]:
     }
 
 
+def _snapshot_tool(name: str, stocks_suffix: str, global_suffix: str, purpose: str, **tweaks: Any) -> ToolDef:
+    """A stocks-toolset snapshot tool whose `market_type` picks the stocks, forex or crypto path."""
+    paths = _snapshot_paths(stocks_suffix, global_suffix)
+    return _t(name, "stocks", paths["stocks"], purpose, market_paths=paths, **tweaks)
+
+
 def _indicators(toolset: str, prefix: str, placeholder: str, asset: str) -> list[ToolDef]:
     names = {"sma": "simple moving average", "ema": "exponential moving average", "macd": "MACD", "rsi": "RSI"}
     out = []
@@ -167,28 +173,25 @@ TOOLS: tuple[ToolDef, ...] = (
         "Snapshots of tickers of any asset class in one call (ticker_any_of='AAPL,O:...,C:EURUSD,X:BTCUSD,I:SPX'); "
         "unknown tickers come back as rows with an error column.",
     ),
-    _t(
+    _snapshot_tool(
         "get_snapshot_all",
-        "stocks",
-        _snapshot_paths("/tickers", "/tickers")["stocks"],
+        "/tickers",
+        "/tickers",
         "Current-day snapshot (day bar, last trade/quote, change) of all or listed tickers of a market "
         "(whole market, capped by max_rows).",
-        market_paths=_snapshot_paths("/tickers", "/tickers"),
         max_rows=DEFAULT_MAX_ROWS,
     ),
-    _t(
+    _snapshot_tool(
         "get_snapshot_direction",
-        "stocks",
-        _snapshot_paths("/{direction}", "/{direction}")["stocks"],
+        "/{direction}",
+        "/{direction}",
         "Top 20 gainers or losers of the day in a market.",
-        market_paths=_snapshot_paths("/{direction}", "/{direction}"),
     ),
-    _t(
+    _snapshot_tool(
         "get_snapshot_ticker",
-        "stocks",
-        _snapshot_paths("/tickers/{stocksTicker}", "/tickers/{ticker}")["stocks"],
+        "/tickers/{stocksTicker}",
+        "/tickers/{ticker}",
         "Current-day snapshot (day bar, minute bar, last trade/quote, previous day) of one ticker.",
-        market_paths=_snapshot_paths("/tickers/{stocksTicker}", "/tickers/{ticker}"),
     ),
     _t(
         "get_market_holidays",

@@ -46,6 +46,17 @@ class Market:
 
 # Shared column sets -------------------------------------------------------------------------------------------------
 
+# The SIP quote fields that stock and option quotes share; each adds its own tail.
+_SIP_QUOTE = (
+    ("sym", "symbol"),
+    ("bp", "bid_price"),
+    ("bs", "bid_size"),
+    ("bx", "bid_exchange"),
+    ("ap", "ask_price"),
+    ("as", "ask_size"),
+    ("ax", "ask_exchange"),
+)
+
 _STOCK_AGG = (
     ("sym", "symbol"),
     ("o", "open"),
@@ -161,13 +172,7 @@ MARKETS: dict[str, Market] = {
                 "quotes",
                 "sym",
                 (
-                    ("sym", "symbol"),
-                    ("bp", "bid_price"),
-                    ("bs", "bid_size"),
-                    ("bx", "bid_exchange"),
-                    ("ap", "ask_price"),
-                    ("as", "ask_size"),
-                    ("ax", "ask_exchange"),
+                    *_SIP_QUOTE,
                     ("c", "condition"),
                     ("i", "indicators"),
                     ("z", "tape"),
@@ -231,13 +236,7 @@ MARKETS: dict[str, Market] = {
                 "quotes",
                 "sym",
                 (
-                    ("sym", "symbol"),
-                    ("bp", "bid_price"),
-                    ("bs", "bid_size"),
-                    ("bx", "bid_exchange"),
-                    ("ap", "ask_price"),
-                    ("as", "ask_size"),
-                    ("ax", "ask_exchange"),
+                    *_SIP_QUOTE,
                     ("q", "sequence"),
                     ("t", "timestamp_ms"),
                 ),

@@ -97,12 +97,13 @@ async def test_429_retry_after_is_honoured_then_succeeds(rest: RestClient, rest_
     assert body["status"] == "OK" and len(rest_sim.requests) == 2
 
 
-async def test_429_wait_is_capped(rest_sim: RestSimulator):
+async def test_429_retry_after_beyond_the_budget_is_reported_at_once(rest_sim: RestSimulator):
     client = make_client(rest_sim.url, max_retry_wait=0.2)
     rest_sim.inject(status=429, retry_after=30, times=1)
     started = time.monotonic()
-    await client.get_json("/v3/trades/AAPL", {})
-    assert 0.2 <= time.monotonic() - started < 2
+    message = await failure(client)
+    assert time.monotonic() - started < 1 and len(rest_sim.requests) == 1  # no waiting, no second attempt
+    assert "asks to wait 30 s (Retry-After: 30)" in message and "longer than one call waits (0.2 s)" in message
     await client.aclose()
 
 

@@ -316,9 +316,9 @@ async def test_natural_404_and_400(client: Client):
         "Nothing found (404: Ticker not found): check ticker='NOTFOUND' (symbols are case-sensitive; dates are "
         "YYYY-MM-DD)."
     )
-    args = {"ticker": "AAPL", "multiplier": 1, "timespan": "day", "from_": "last week", "to": "2024-01-05"}
+    args = {"ticker": "AAPL", "multiplier": 1, "timespan": "day", "from_": "yesterday", "to": "2024-01-05"}
     is_error, text = await call(client, "get_aggs", args)
-    assert is_error and "invalid (400: Could not parse 'last week'" in one_sentence(text, "get_aggs")
+    assert is_error and "invalid (400: Could not parse 'yesterday'" in one_sentence(text, "get_aggs")
 
 
 async def test_timeout_is_reported(sim: Simulator, settings: Settings):

@@ -126,6 +126,22 @@ async def test_control_endpoints_steer_faults(rest_sim: RestSimulator, http: htt
     assert [r["path"] for r in seen] == ["/v3/trades/AAPL", "/v3/trades/AAPL"]
 
 
+async def test_body_faults_serve_sized_crafted_and_compressed_bodies(rest_sim: RestSimulator, http: httpx2.AsyncClient):
+    rest_sim.inject("/v3/trades", body_bytes=100_000, compress=True)
+    sized = await http.get("/v3/trades/AAPL")
+    assert sized.headers["content-encoding"] == "gzip" and int(sized.headers["content-length"]) < 10_000
+    assert len(sized.content) == 100_000 and sized.json()["status"] == "OK"  # decoded: exactly the size asked
+    rest_sim.inject(body={"results": [{"id": "x"}], "next_url": "http://elsewhere/v3/trades/A?cursor=c"})
+    assert (await http.get("/v3/trades/AAPL")).json()["next_url"] == "http://elsewhere/v3/trades/A?cursor=c"
+    rest_sim.inject(status=307, headers={"Location": "http://elsewhere/"})
+    assert (await http.get("/v3/trades/AAPL")).headers["location"] == "http://elsewhere/"
+    rest_sim.inject(status=429, retry_after="Wed, 21 Oct 2015 07:28:00 GMT")
+    assert (await http.get("/v3/trades/AAPL")).headers["retry-after"] == "Wed, 21 Oct 2015 07:28:00 GMT"
+    created = await http.post("/_sim/faults", json={"body_bytes": 50, "times": 2})
+    assert created.json()["fault"]["body_bytes"] == 50 and "payload" not in created.json()["fault"]
+    assert len((await http.get("/v1/marketstatus/now")).content) == 50
+
+
 async def test_unknown_route_and_unknown_ticker_are_404(http: httpx2.AsyncClient):
     assert (await http.get("/v9/nothing")).status_code == 404
     missing = await http.get("/v3/reference/tickers/NOTFOUND")

@@ -48,8 +48,8 @@ async def test_schema_is_typed_with_required_path_args_enums_and_no_null_noise()
 
 async def test_arguments_map_to_path_and_vendor_query_names():
     rest = FakeRest({"results": [{"id": "1"}], "status": "OK"})
-    text = await run("list_trades", rest)(ticker="BRK/B", timestamp_gte="2024-01-02", order="asc")
-    assert rest.calls == [("/v3/trades/BRK%2FB", {"timestamp.gte": "2024-01-02", "order": "asc", "limit": 10})]
+    text = await run("list_trades", rest)(ticker="BRK.B", timestamp_gte="2024-01-02", order="asc")
+    assert rest.calls == [("/v3/trades/BRK.B", {"timestamp.gte": "2024-01-02", "order": "asc", "limit": 10})]
     assert text == "id\n1"
 
 

@@ -542,7 +542,8 @@ def argument_name(vendor_name: str, where: str) -> str:
 def path_params() -> Mapping[str, Any]:
     """The generated per-path parameter data (see scripts/build_endpoints.py)."""
     text = resources.files("mcp_polygon.rest").joinpath("endpoints_data.json").read_text(encoding="utf-8")
-    return json.loads(text)["paths"]
+    paths: Mapping[str, Any] = json.loads(text)["paths"]
+    return paths
 
 
 def _arg_from_param(p: Mapping[str, Any], tool: ToolDef) -> Arg:

@@ -20,7 +20,8 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -258,16 +259,41 @@ def render(
 # Paging: the vendor's next_url -> a cursor the agent passes back
 
 _ENCODED_QUERY = "~"  # marks a cursor that carries a whole query string, not the vendor's own cursor value
+# Query parameters that carry credentials (compared case-folded, without - _ .): never put into a cursor the
+# agent sees, never sent on from one. The vendor's own parameter names include none of these.
+_CREDENTIAL_NAMES = frozenset(
+    {"apikey", "key", "token", "auth", "authorization", "bearer", "secret", "password", "passwd", "pwd"}
+    | {"sig", "signature", "session", "sessionid", "jwt", "credential", "credentials", "xapikey"}
+)
+_CREDENTIAL_ENDINGS = ("token", "apikey", "secret", "password", "signature")
 
 
-def page_token(next_url: str) -> tuple[str, str] | None:
+def is_credential_param(name: str) -> bool:
+    """apiKey, api_key, token, access_token, X-Api-Key, client_secret ... : a query parameter that carries a secret."""
+    folded = re.sub(r"[-_.\s]", "", name.lower())
+    return folded in _CREDENTIAL_NAMES or folded.endswith(_CREDENTIAL_ENDINGS)
+
+
+def _unchanged(text: str) -> str:
+    return text
+
+
+def _safe_params(pairs: Iterable[tuple[str, str]], redact: Callable[[str], str]) -> list[tuple[str, str]]:
+    """The pairs without credential parameters, and without any pair in which `redact` finds the key."""
+    return [(k, v) for k, v in pairs if not is_credential_param(k) and redact(k) == k and redact(v) == v]
+
+
+def page_token(next_url: str, redact: Callable[[str], str] = _unchanged) -> tuple[str, str] | None:
     """(path, token) for a vendor next_url, or None when it carries no way to the next page.
 
-    The token is the vendor's `cursor` when that is all the URL carries; otherwise the whole query string, encoded.
-    Any apiKey parameter is dropped: a token is shown to the agent and must never contain the key.
+    Only the path and query are kept: whatever scheme and host next_url names, the next request goes to
+    POLYGON_REST_URL. The token is the vendor's `cursor` when that is all the URL carries; otherwise the whole
+    query string, encoded. A token is shown to the agent, so credential parameters (apiKey, token, ...) and any
+    parameter holding the key (as `redact` recognises it) are dropped before encoding, where masking could no
+    longer see them.
     """
     parts = urlsplit(next_url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() != "apikey"]
+    query = _safe_params(parse_qsl(parts.query, keep_blank_values=True), redact)
     if not query:
         return None
     if len(query) == 1 and query[0][0] == "cursor":
@@ -277,7 +303,7 @@ def page_token(next_url: str) -> tuple[str, str] | None:
 
 
 def params_from_token(token: str) -> dict[str, str]:
-    """The query parameters to send for a cursor made by page_token."""
+    """The query parameters to send for a cursor made by page_token (credential parameters never pass)."""
     if not token.startswith(_ENCODED_QUERY):
         return {"cursor": token}
     raw = token[len(_ENCODED_QUERY) :]
@@ -285,7 +311,7 @@ def params_from_token(token: str) -> dict[str, str]:
         query = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
         raise ValueError("cursor is not a page token from this server") from None
-    params = {k: v for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() != "apikey"}
+    params = dict(_safe_params(parse_qsl(query, keep_blank_values=True), _unchanged))
     if not params:
         raise ValueError("cursor is not a page token from this server")
     return params

@@ -8,6 +8,7 @@ resolve the path, build the query, call the vendor, render CSV with paging hints
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
@@ -19,7 +20,8 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from mcp_polygon.config import Settings
-from mcp_polygon.rest import tables
+from mcp_polygon.redaction import Redactor
+from mcp_polygon.rest import arguments, errors, tables
 from mcp_polygon.rest.client import RestClient
 from mcp_polygon.rest.endpoints import (
     MARKET_TYPES,
@@ -29,6 +31,8 @@ from mcp_polygon.rest.endpoints import (
     Endpoint,
     load_endpoints,
 )
+
+log = logging.getLogger(__name__)
 
 SIMULATED_HEADER = "# SIMULATED DATA (mcp-polygon --simulate): not real market data"
 MAX_PAGE_LIMIT = 50_000  # the vendor's largest page
@@ -124,12 +128,14 @@ def _market(endpoint: Endpoint, args: Mapping[str, Any]) -> str | None:
 
 
 def _fill_path(template: str, args: Mapping[str, Any]) -> str:
+    """The template with each placeholder replaced by its argument (checked by arguments.check_arguments)."""
+
     def value(match: re.Match[str]) -> str:
         name = PATH_ARG_NAMES.get(match.group(1), match.group(1))
         text = str(args[name]).strip()
-        if not text:
-            raise ToolError(f"{name} must not be empty: pass a value such as the examples in the tool description.")
-        # Encode '/' and friends so a value can never step into another path; ':' stays readable (O:, X:).
+        # A second guard behind the argument checks: only that alphabet reaches the path, never a dot segment.
+        if not arguments.is_safe_path_value(text):
+            raise ToolError(f"{name} {arguments.quoted(text)} cannot stand in an API path: pass a value such as AAPL.")
         return quote(text, safe=":")
 
     return _PLACEHOLDER.sub(value, template)
@@ -174,6 +180,12 @@ def _cursor_query(cursor: str) -> dict[str, str]:
         ) from None
 
 
+def _next_url(body: Any) -> str | None:
+    """The vendor's link to the next page, if the body has one that is a URL at all."""
+    link = body.get("next_url") if isinstance(body, Mapping) else None
+    return link if isinstance(link, str) and link else None
+
+
 def _not_found_hint(endpoint: Endpoint, args: Mapping[str, Any]) -> str:
     named = [f"{k}={v!r}" for k, v in _path_args(endpoint, args).items()]
     if not named:
@@ -188,9 +200,23 @@ class RestTool:
         self.endpoint = endpoint
         self.rest = rest
         self.settings = settings
+        self.redact = Redactor(settings.api_key)
 
     async def __call__(self, **args: Any) -> str:
+        """The answer, with the key masked on every way out: the text, its cursors, and every error."""
+        try:
+            text = await self._answer(args)
+        except ToolError as exc:
+            raise ToolError(self.redact(str(exc))) from None
+        except Exception as exc:
+            # Anything else would reach the agent as a bare "Error executing tool X"; the log keeps the traceback.
+            log.exception("%s failed unexpectedly", self.endpoint.name)
+            raise ToolError(self.redact(errors.unexpected_error(self.endpoint.name, type(exc).__name__))) from None
+        return self.redact(text)
+
+    async def _answer(self, args: Mapping[str, Any]) -> str:
         ep = self.endpoint
+        arguments.check_arguments(ep, args)
         market = _market(ep, args)
         template = ep.market_paths[market] if ep.market_paths and market else ep.path
         path = _fill_path(template, args)
@@ -205,7 +231,7 @@ class RestTool:
             max_rows = None
         else:
             body = await self.rest.get_json(path, query, not_found_hint=hint_404)
-            next_url = body.get("next_url") if isinstance(body, Mapping) else None
+            next_url = _next_url(body)
             max_rows = (args.get("max_rows") or ep.max_rows) if ep.max_rows else None
 
         if next_url and ep.paginated:
@@ -230,13 +256,22 @@ class RestTool:
         return "narrower arguments"
 
     def _next_page_hint(self, template: str, args: Mapping[str, Any], market: str | None, next_url: str) -> list[str]:
-        token = tables.page_token(next_url)
+        token = tables.page_token(next_url, self.redact)
         if token is None:
             return []
         next_path, cursor = token
+        # A token too long to pass back, or path values that could not be called, would make a hint that fails.
+        longest = min(arguments.MAX_CURSOR_CHARS, self.settings.max_response_chars // 4)
+        moved = _path_values(template, next_path) or {}
+        fits = len(cursor) <= longest and arguments.is_acceptable_cursor(cursor)
+        if not fits or not all(map(arguments.is_safe_path_value, moved.values())):
+            return [
+                "# more rows exist, but the API's link to them cannot be passed back as a cursor: narrow the request "
+                f"with {self._narrow_hint()} to see them"
+            ]
         hint_args: dict[str, Any] = dict(_path_args(self.endpoint, args))
         # The vendor may move path values forward in next_url (aggs: `from` becomes the next bar's timestamp).
-        for name, value in (_path_values(template, next_path) or {}).items():
+        for name, value in moved.items():
             if str(hint_args.get(name)) != value:
                 integer = self.endpoint.arg(name).type == "integer" and value.isdigit()
                 hint_args[name] = int(value) if integer else value
@@ -261,13 +296,19 @@ class RestTool:
             body = await self.rest.get_json(path, query, not_found_hint=hint_404)
             page = body.get("results") if isinstance(body, Mapping) else None
             rows.extend(page or [])
-            next_url = body.get("next_url") if isinstance(body, Mapping) else None
+            next_url = _next_url(body)
             if len(rows) >= target or not next_url:
                 break
-            token = tables.page_token(next_url)
-            if token is None or _path_values(template, token[0]) is None:
+            token = tables.page_token(next_url, self.redact)
+            moved = _path_values(template, token[0]) if token else None
+            # Only a link of this endpoint's shape, with values that keep it there, is followed.
+            if token is None or moved is None or not all(map(arguments.is_safe_path_value, moved.values())):
                 break
-            path, query = token[0], tables.params_from_token(token[1])
+            try:
+                query = tables.params_from_token(token[1])
+            except ValueError:
+                break
+            path = token[0]
         else:
             note = f"# stopped after {MAX_PAGES_PER_CALL} pages ({len(rows)} bars); continue with the cursor below"
         if len(rows) > target:

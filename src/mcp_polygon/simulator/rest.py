@@ -5,12 +5,13 @@ Contract (used by Simulator, tests, demo):
     await sim.start(); sim.url -> "http://127.0.0.1:<port>"; await sim.stop()   (start/stop may run in different
     tasks)
     sim.inject(path_prefix=None, *, status=None, retry_after=None, delay=0.0, invalid_json=False, times=1,
-               message=None)
+               message=None, headers=None, body=None, body_bytes=None, compress=False)
     sim.clear_faults()
     sim.requests -> list[RecordedRequest(path, params, auth)] of requests seen (auth = "query"|"bearer"|None)
 
 The same faults can be steered over HTTP, for a standalone `mcp-polygon simulate`:
     curl -X POST   http://127.0.0.1:8100/_sim/faults -d '{"path_prefix": "/v3/trades", "status": 429, "retry_after": 1}'
+    curl -X POST   http://127.0.0.1:8100/_sim/faults -d '{"body_bytes": 100000000, "compress": true}'
     curl -X DELETE http://127.0.0.1:8100/_sim/faults
     curl           http://127.0.0.1:8100/_sim/faults      (active faults)
     curl           http://127.0.0.1:8100/_sim/requests    (the last requests seen)
@@ -19,8 +20,9 @@ The same faults can be steered over HTTP, for a standalone `mcp-polygon simulate
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
@@ -64,16 +66,36 @@ class RecordedRequest:
 class Fault:
     path_prefix: str | None = None
     status: int | None = None
-    retry_after: float | None = None
+    retry_after: float | str | None = None  # seconds, or an HTTP date sent as written
     delay: float = 0.0
     invalid_json: bool = False
     times: int | None = 1  # None: until cleared
     message: str | None = None  # replaces the vendor text in the error body
+    headers: dict[str, str] | None = None  # extra response headers (e.g. Location for a redirect)
+    body: Any = None  # a JSON body to answer 200 with (a crafted next_url, rows that echo a key)
+    body_bytes: int | None = None  # answer 200 with a valid JSON body of this many bytes
+    compress: bool = False  # send the body gzip-compressed (Content-Length is then the compressed size)
+    payload: bytes | None = field(default=None, repr=False)  # the prepared 200 body (built once, at inject)
 
     def matches(self, path: str) -> bool:
         return (self.times is None or self.times > 0) and (
             self.path_prefix is None or path.startswith(self.path_prefix)
         )
+
+    def public(self) -> dict[str, Any]:
+        """The fault as the control endpoint shows it (without the prepared body)."""
+        shown = asdict(self)
+        del shown["payload"]
+        return shown
+
+
+def sized_body(n_bytes: int) -> bytes:
+    """A vendor-shaped JSON body of exactly n_bytes (at least 38): rows of padding, the last one sized to fit."""
+    head, row = b'{"status":"OK","results":[', b'{"t":1704067200000,"pad":"' + b"x" * 100 + b'"},'
+    last_open, last_close = b'{"pad":"', b'"}]}'
+    room = max(0, n_bytes - len(head) - len(last_open) - len(last_close))
+    count = room // len(row)
+    return head + row * count + last_open + b"x" * (room - count * len(row)) + last_close
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> HttpResponse:
@@ -118,14 +140,27 @@ class RestSimulator:
         invalid_json: bool = False,
         times: int | None = 1,
         message: str | None = None,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+        body_bytes: int | None = None,
+        compress: bool = False,
     ) -> Fault:
         """Make the next `times` requests under `path_prefix` (None: any path) misbehave.
 
-        delay: seconds to wait before answering (then answer normally unless status/invalid_json say otherwise).
-        status: answer with this HTTP status and a vendor-like body (429 adds Retry-After when retry_after is set).
+        delay: seconds to wait before answering (then answer normally unless another field says otherwise).
+        status: answer with this HTTP status and a vendor-like body (with Retry-After when retry_after is set:
+        seconds, or a string such as an HTTP date sent as written); headers: extra response headers.
         invalid_json: answer 200 with a truncated JSON body.
+        body: answer 200 with this JSON body; body_bytes: with a valid JSON body of that many bytes;
+        compress: send either gzip-compressed, as a compressing proxy would.
         """
-        fault = Fault(path_prefix, status, retry_after, delay, invalid_json, times, message)
+        fault = Fault(
+            path_prefix, status, retry_after, delay, invalid_json, times, message, headers, body, body_bytes, compress
+        )
+        if body is not None or body_bytes is not None:
+            # Built here, once: a body of many megabytes is served to every matching request without rebuilding.
+            payload = orjson.dumps(body) if body is not None else sized_body(body_bytes or 0)
+            fault.payload = gzip.compress(payload, compresslevel=6) if compress else payload
         self.faults.append(fault)
         return fault
 
@@ -161,6 +196,9 @@ class RestSimulator:
                 return self._fault_response(fault, rid)
             if fault.invalid_json:
                 return HttpResponse(200, b'{"status":"OK","results":[{"t":1', "application/json")
+            if fault.payload is not None:
+                headers = {"Content-Encoding": "gzip"} if fault.compress else {}
+                return HttpResponse(200, fault.payload, "application/json", {**headers, **(fault.headers or {})})
 
         given = key_in_query if key_in_query is not None else bearer[7:].strip() if auth == "bearer" else None
         if not given:
@@ -177,8 +215,10 @@ class RestSimulator:
 
     def _fault_response(self, fault: Fault, rid: str) -> HttpResponse:
         status = fault.status or 500
-        headers = {}
-        if fault.retry_after is not None:
+        headers = dict(fault.headers or {})
+        if isinstance(fault.retry_after, str):
+            headers["Retry-After"] = fault.retry_after
+        elif fault.retry_after is not None:
             value = fault.retry_after
             headers["Retry-After"] = str(int(value)) if float(value).is_integer() else str(value)
         if status in _HTML_STATUSES and fault.message is None:
@@ -196,14 +236,17 @@ class RestSimulator:
                 spec = orjson.loads(request.body or b"{}")
                 fault = self.inject(**spec)
             except (orjson.JSONDecodeError, TypeError) as exc:
-                fields = "path_prefix, status, retry_after, delay, invalid_json, times, message"
+                fields = (
+                    "path_prefix, status, retry_after, delay, invalid_json, times, message, headers, body, "
+                    "body_bytes, compress"
+                )
                 return _json(400, {"status": "ERROR", "error": f"Bad fault ({exc}); fields: {fields}"})
-            return _json(200, {"status": "OK", "fault": asdict(fault)})
+            return _json(200, {"status": "OK", "fault": fault.public()})
         if request.path == "/_sim/faults" and request.method == "DELETE":
             self.clear_faults()
             return _json(200, {"status": "OK"})
         if request.path == "/_sim/faults" and request.method == "GET":
-            active = [asdict(f) for f in self.faults if f.times is None or f.times > 0]
+            active = [f.public() for f in self.faults if f.times is None or f.times > 0]
             return _json(200, {"status": "OK", "faults": active})
         if request.path == "/_sim/requests" and request.method == "GET":
             return _json(200, {"status": "OK", "requests": [asdict(r) for r in self.requests[-100:]]})

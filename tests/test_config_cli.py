@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_polygon.cli import _parser
+from mcp_polygon.cli import _checked_serve_options, _parser
 from mcp_polygon.config import ALL_TOOLSETS, DEFAULT_REST_URL, DEFAULT_WS_URL, ConfigError, Settings, parse_toolsets
 
 SCRIPT = Path(sys.executable).with_name("mcp-polygon")
@@ -64,6 +64,96 @@ def test_toolsets_filter_limits_stream_markets_too():
 def test_bad_settings_are_refused_with_the_valid_choices(env, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"POLYGON_API_KEY": "abc\ndef"}, "POLYGON_API_KEY has whitespace (a space, tab or line break) at character 4"),
+        ({"POLYGON_API_KEY": "abc def"}, "POLYGON_API_KEY has whitespace"),
+        (
+            {"MASSIVE_API_KEY": "abc\x00def"},
+            "MASSIVE_API_KEY has a non-printable or non-ASCII character at character 4",
+        ),
+        ({"POLYGON_API_KEY": "abcdéf"}, "POLYGON_API_KEY has a non-printable or non-ASCII character at character 5"),
+        ({"POLYGON_HTTP_TOKEN": "abc\tdef"}, "POLYGON_HTTP_TOKEN has whitespace"),
+        ({"POLYGON_REST_URL": "api.massive.com"}, "POLYGON_REST_URL must be a URL starting with http:// or https://"),
+        ({"POLYGON_REST_URL": "https://"}, "POLYGON_REST_URL must be a URL starting with http:// or https://"),
+        ({"POLYGON_REST_URL": "http://127.0.0.1:70000"}, "POLYGON_REST_URL has an invalid port"),
+        ({"POLYGON_REST_URL": "http://api.massive.com\n/v1"}, "POLYGON_REST_URL contains whitespace"),
+        (
+            {"POLYGON_WS_URL": "https://socket.massive.com"},
+            "POLYGON_WS_URL must be a URL starting with ws:// or wss://",
+        ),
+        ({"POLYGON_ALLOWED_HOSTS": "https://mcp.example.com"}, "POLYGON_ALLOWED_HOSTS lists 'https://mcp.example.com'"),
+        ({"POLYGON_ALLOWED_ORIGINS": "app.example.com"}, "POLYGON_ALLOWED_ORIGINS lists 'app.example.com'"),
+    ],
+)
+def test_unusable_keys_urls_and_allow_lists_fail_at_start_up(env, message):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value).startswith(message)
+    assert "def" not in str(caught.value)  # a secret is never echoed, not even in part
+
+
+def test_url_errors_mask_a_key_written_into_the_url():
+    env = {"POLYGON_API_KEY": "k3y-in-url", "POLYGON_REST_URL": "ftp://api.massive.com/?apiKey=k3y-in-url"}
+    with pytest.raises(ConfigError, match=r"apiKey=\*\*\*") as caught:
+        Settings.from_env(env)
+    assert "k3y-in-url" not in str(caught.value)
+
+
+def test_good_urls_keys_and_allow_lists_pass():
+    s = Settings.from_env(
+        {
+            "POLYGON_API_KEY": " Ab+c/d=E%f~! ",
+            "POLYGON_REST_URL": " https://api.massive.com:8443/ ",
+            "POLYGON_WS_URL": "wss://delayed.massive.com",
+            "POLYGON_HTTP_TOKEN": "tok",
+            "POLYGON_ALLOWED_HOSTS": "mcp.example.com, mcp.example.com:8000",
+            "POLYGON_ALLOWED_ORIGINS": "https://app.example.com/",
+        }
+    )
+    assert (s.api_key, s.rest_url, s.ws_url) == (
+        "Ab+c/d=E%f~!",
+        "https://api.massive.com:8443",
+        "wss://delayed.massive.com",
+    )
+    assert (s.http_token, s.allowed_hosts) == ("tok", ("mcp.example.com", "mcp.example.com:8000"))
+    assert s.allowed_origins == ("https://app.example.com",)
+
+
+def test_token_option_overrides_the_environment_and_off_loopback_http_needs_one():
+    args = _parser().parse_args(["--transport", "http", "--host", "0.0.0.0", "--token", "from-cli"])
+    settings, access = _checked_serve_options(args, Settings(http_token="from-env"))
+    assert settings.http_token == "from-cli" and access is not None and access.token == "from-cli"
+    with pytest.raises(ConfigError, match="needs a bearer token: set POLYGON_HTTP_TOKEN"):
+        _checked_serve_options(_parser().parse_args(["--transport", "http", "--host", "0.0.0.0"]), Settings())
+    assert _checked_serve_options(_parser().parse_args(["--host", "0.0.0.0"]), Settings())[1] is None  # stdio
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="console script not installed (pip install -e .)")
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--transport", "http", "--port", "70000"], {}, "--port must be a port number from 1 to 65535, got 70000."),
+        (["--transport", "http", "--port", "0"], {}, "--port must be a port number from 1 to 65535, got 0."),
+        (["--transport", "http", "--host", " "], {}, "--host must be an address or host name to bind"),
+        (["simulate", "--ws-port", "65536"], {}, "--ws-port must be a port number from 0 to 65535, got 65536."),
+        (["--token", "a b"], {}, "--token has whitespace"),
+        ([], {"POLYGON_API_KEY": "first-half\nsecond-half"}, "POLYGON_API_KEY has whitespace"),
+        ([], {"POLYGON_WS_URL": "socket.massive.com"}, "POLYGON_WS_URL must be a URL starting with ws:// or wss://"),
+    ],
+)
+def test_cli_fails_fast_on_bad_configuration_with_one_sentence(argv, env, message):
+    # A server that started anyway would read EOF on stdin and exit 0: the exit code tells the two apart.
+    done = subprocess.run(
+        [str(SCRIPT), *argv], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(f"mcp-polygon: {message}")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert "half" not in done.stderr
 
 
 def test_repr_never_shows_the_key():

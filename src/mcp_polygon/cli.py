@@ -8,9 +8,16 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from mcp_polygon import __version__
-from mcp_polygon.config import ConfigError, Settings
+from mcp_polygon.config import ConfigError, Settings, check_host, check_port, check_secret
+from mcp_polygon.redaction import RedactingFilter, Redactor, install_log_redaction
+from mcp_polygon.serving import serve_http, serve_stdio, shutdown_on_signals
+
+if TYPE_CHECKING:
+    from mcp_polygon.http_guard import HttpAccess
+    from mcp_polygon.simulator import Simulator
 
 log = logging.getLogger("mcp_polygon")
 
@@ -20,6 +27,19 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(
         stream=sys.stderr, level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+def _mask_in_logs(secret: str | None) -> None:
+    """Mask `secret` in every log line, on top of any secret masked already (install_log_redaction adds only one)."""
+    redact = Redactor(secret)
+    if not redact.active:
+        return
+    handlers = logging.getLogger().handlers
+    if not any(isinstance(f, RedactingFilter) for handler in handlers for f in handler.filters):
+        install_log_redaction(redact)
+        return
+    for handler in handlers:
+        handler.addFilter(RedactingFilter(redact))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--transport", choices=["stdio", "http"], default=d("stdio"), help="default: stdio")
         sp.add_argument("--host", default=d("127.0.0.1"), help="bind address (default 127.0.0.1)")
         sp.add_argument("--port", type=int, default=d(8000), help="HTTP port (default 8000); path is /mcp")
+        sp.add_argument(
+            "--token",
+            default=d(None),
+            help="bearer token HTTP clients must send (default: POLYGON_HTTP_TOKEN, which keeps it out of `ps`)",
+        )
         sp.add_argument(
             "--simulate",
             action="store_true",
@@ -62,6 +87,7 @@ async def _simulated(settings: Settings) -> AsyncIterator[Settings]:
     from mcp_polygon.simulator import Simulator
 
     async with Simulator() as sim:
+        _mask_in_logs(sim.api_key)
         yield settings.with_overrides(
             api_key=sim.api_key,
             rest_url=sim.rest_url,
@@ -72,27 +98,20 @@ async def _simulated(settings: Settings) -> AsyncIterator[Settings]:
         )
 
 
-async def _serve(args: argparse.Namespace, settings: Settings) -> None:
+async def _serve(args: argparse.Namespace, settings: Settings, access: HttpAccess | None) -> None:
     from mcp_polygon.server import build_app
 
-    async with contextlib.AsyncExitStack() as stack:
-        if args.simulate:
-            settings = await stack.enter_async_context(_simulated(settings))
-        app = await stack.enter_async_context(build_app(settings))
-        if args.transport == "http":
-            await _serve_http(app.server, args.host, args.port)
-        else:
-            await app.server.run_stdio_async()
-
-
-async def _serve_http(server, host: str, port: int) -> None:
-    import uvicorn
-
-    starlette_app = server.streamable_http_app(streamable_http_path="/mcp", host=host)
-    # log_config=None: uvicorn's own config would send its access log to stdout; ours goes to stderr.
-    config = uvicorn.Config(starlette_app, host=host, port=port, log_config=None, access_log=False)
-    log.info("serving MCP over streamable HTTP at http://%s:%d/mcp", host, port)
-    await uvicorn.Server(config).serve()
+    # The exit stack is the one shutdown path: stdin closing, a signal, or an error all leave through it, so
+    # recordings are flushed and sockets closed whichever way the server stops.
+    with shutdown_on_signals() as stop:
+        async with contextlib.AsyncExitStack() as stack:
+            if args.simulate:
+                settings = await stack.enter_async_context(_simulated(settings))
+            app = await stack.enter_async_context(build_app(settings))
+            if access is not None:
+                await serve_http(app.server, access, stop)
+            else:
+                await serve_stdio(app.server, stop)
 
 
 async def _simulate(args: argparse.Namespace) -> None:
@@ -103,32 +122,62 @@ async def _simulate(args: argparse.Namespace) -> None:
         kwargs["api_key"] = args.api_key
     if args.rate is not None:
         kwargs["rate"] = args.rate
-    async with Simulator(**kwargs) as sim:
-        # This command is for humans; its stdout is not a protocol channel.
-        sys.stdout.write(
-            f"REST      {sim.rest_url}\nWebSocket {sim.ws_url}/<market>\nAPI key   {sim.api_key}\n"
-            f"Point the server at it: POLYGON_REST_URL={sim.rest_url} POLYGON_WS_URL={sim.ws_url} "
-            f"POLYGON_API_KEY={sim.api_key} mcp-polygon\nCtrl-C to stop.\n"
-        )
-        sys.stdout.flush()
-        await asyncio.Event().wait()
+    with shutdown_on_signals() as stop:
+        async with Simulator(**kwargs) as sim:
+            _print_simulator_banner(sim)
+            await stop.wait()
+
+
+def _print_simulator_banner(sim: Simulator) -> None:
+    # This command is for humans; its stdout is not a protocol channel.
+    sys.stdout.write(
+        f"REST      {sim.rest_url}\nWebSocket {sim.ws_url}/<market>\nAPI key   {sim.api_key}\n"
+        f"Point the server at it: POLYGON_REST_URL={sim.rest_url} POLYGON_WS_URL={sim.ws_url} "
+        f"POLYGON_API_KEY={sim.api_key} mcp-polygon\nCtrl-C to stop.\n"
+    )
+    sys.stdout.flush()
+
+
+def _checked_serve_options(args: argparse.Namespace, settings: Settings) -> tuple[Settings, HttpAccess | None]:
+    """The settings with --token applied, and the HTTP access rules (None for stdio); ConfigError when unusable."""
+    from mcp_polygon.http_guard import HttpAccess
+
+    if args.token is not None:
+        settings = settings.with_overrides(http_token=check_secret(args.token.strip(), "--token") or None)
+    if args.transport != "http":
+        return settings, None
+    host, port = check_host(args.host, "--host"), check_port(args.port, "--port")
+    return settings, HttpAccess.from_settings(settings, host, port)
+
+
+def _check_simulate_options(args: argparse.Namespace) -> None:
+    check_host(args.host, "--host")
+    check_port(args.rest_port, "--rest-port", minimum=0)  # 0: any free port
+    check_port(args.ws_port, "--ws-port", minimum=0)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     _setup_logging(args.log_level)
+    access: HttpAccess | None = None
     try:
         settings = Settings.from_env()
+        _mask_in_logs(settings.api_key)
+        if args.command == "simulate":
+            _check_simulate_options(args)
+        else:
+            settings, access = _checked_serve_options(args, settings)
     except ConfigError as exc:
+        # Bad configuration fails here, once, in one sentence: nothing has started, nothing is retried.
         sys.stderr.write(f"mcp-polygon: {exc}\n")
         raise SystemExit(2) from None
     try:
         if args.command == "simulate":
             asyncio.run(_simulate(args))
         else:
-            asyncio.run(_serve(args, settings))
-    except KeyboardInterrupt:
-        pass
+            asyncio.run(_serve(args, settings, access))
+    except KeyboardInterrupt:  # only before the signal handlers are in place
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

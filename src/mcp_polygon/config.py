@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from mcp_polygon.redaction import Redactor
 
 REST_TOOLSETS = ("stocks", "options", "futures", "crypto", "forex", "economy", "indices")
 STREAM_MARKETS = ("stocks", "options", "futures", "indices", "forex", "crypto")
@@ -61,6 +65,91 @@ def _bool_env(env: dict[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}.")
 
 
+def _list_env(env: dict[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name) or ""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def check_secret(value: str, name: str) -> str:
+    """A key or token travels in an HTTP header: printable ASCII, no whitespace. The message never shows it."""
+    for position, char in enumerate(value, start=1):
+        if char.isspace():
+            raise ConfigError(
+                f"{name} has whitespace (a space, tab or line break) at character {position}; "
+                "set it again as one unbroken line."
+            )
+        if not ("!" <= char <= "~"):
+            raise ConfigError(
+                f"{name} has a non-printable or non-ASCII character at character {position}; "
+                "it must be printable ASCII, so copy it again from where it was issued."
+            )
+    return value
+
+
+def _secret_env(env: dict[str, str], *names: str) -> str | None:
+    """The first of `names` that is set (surrounding whitespace dropped), checked; None when none is."""
+    for name in names:
+        value = (env.get(name) or "").strip()
+        if value:
+            return check_secret(value, name)
+    return None
+
+
+def check_url(value: str, name: str, schemes: tuple[str, ...], example: str, redact: Redactor) -> str:
+    """A base URL with one of `schemes` and a host, so a typo fails at start-up instead of as 'could not connect'."""
+    value = value.strip()
+    shown = redact(value)
+    if any(char.isspace() or not char.isprintable() for char in value):
+        raise ConfigError(f"{name} contains whitespace or a control character ({shown!r}); write it like {example}.")
+    parts = urlsplit(value)
+    try:
+        _ = parts.port  # urlsplit checks the port only when it is read
+    except ValueError:
+        raise ConfigError(f"{name} has an invalid port ({shown!r}); use 1-65535, like {example}.") from None
+    if parts.scheme.lower() not in schemes or not parts.hostname:
+        valid = " or ".join(f"{scheme}://" for scheme in schemes)
+        raise ConfigError(
+            f"{name} must be a URL starting with {valid} and naming a host, like {example}; got {shown!r}."
+        )
+    return value.rstrip("/")
+
+
+def check_port(value: int, option: str, minimum: int = 1) -> int:
+    if not minimum <= value <= 65535:
+        raise ConfigError(f"{option} must be a port number from {minimum} to 65535, got {value}.")
+    return value
+
+
+def check_host(value: str, option: str) -> str:
+    host = value.strip()
+    if not host or any(char.isspace() for char in host):
+        raise ConfigError(f"{option} must be an address or host name to bind, like 127.0.0.1, got {value!r}.")
+    return host
+
+
+def _allowed_hosts_env(env: dict[str, str], name: str) -> tuple[str, ...]:
+    hosts = _list_env(env, name)
+    for host in hosts:
+        if "/" in host or any(char.isspace() for char in host):
+            raise ConfigError(
+                f"{name} lists {host!r}, which is not a Host header value; "
+                "write names like mcp.example.com or mcp.example.com:8000, comma separated."
+            )
+    return hosts
+
+
+def _allowed_origins_env(env: dict[str, str], name: str) -> tuple[str, ...]:
+    origins = _list_env(env, name)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ConfigError(
+                f"{name} lists {origin!r}, which is not an origin; "
+                "write them like https://app.example.com, comma separated."
+            )
+    return tuple(origin.rstrip("/") for origin in origins)
+
+
 @dataclass(frozen=True)
 class Settings:
     api_key: str | None = None
@@ -76,6 +165,14 @@ class Settings:
     data_dir: Path = field(default_factory=_default_data_dir)
     record: bool = True
     record_max_bytes: int = 1 << 30  # per market
+    max_body_bytes: int = 64 << 20  # REST bodies are read incrementally and refused past this
+    # HTTP transport. A bind off loopback needs a bearer token; hosts/origins guard against DNS rebinding.
+    http_token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()  # extra Host values accepted (besides loopback and the bind address)
+    allowed_origins: tuple[str, ...] = ()  # extra Origin values accepted
+    # SQL over streams, recordings and saved REST results
+    query_timeout: float = 10.0
+    query_memory_mb: int = 1024
     # True when REST and streams point at the built-in simulator: output must say so.
     simulated: bool = False
 
@@ -83,7 +180,7 @@ class Settings:
     def stream_markets(self) -> tuple[str, ...]:
         return tuple(m for m in STREAM_MARKETS if m in self.toolsets)
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
     def __repr__(self) -> str:  # never show the key, even in a debugger or a traceback
@@ -95,12 +192,16 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        key = (env.get("POLYGON_API_KEY") or env.get("MASSIVE_API_KEY") or "").strip() or None
+        # Fail fast on what can never work: a bad key or URL would otherwise surface as retries and "could not connect".
+        key = _secret_env(env, "POLYGON_API_KEY", "MASSIVE_API_KEY")
+        redact = Redactor(key)
+        rest_url = env.get("POLYGON_REST_URL") or DEFAULT_REST_URL
+        ws_url = env.get("POLYGON_WS_URL") or DEFAULT_WS_URL
         data_dir = env.get("POLYGON_DATA_DIR")
         return cls(
             api_key=key,
-            rest_url=(env.get("POLYGON_REST_URL") or DEFAULT_REST_URL).rstrip("/"),
-            ws_url=(env.get("POLYGON_WS_URL") or DEFAULT_WS_URL).rstrip("/"),
+            rest_url=check_url(rest_url, "POLYGON_REST_URL", ("http", "https"), DEFAULT_REST_URL, redact),
+            ws_url=check_url(ws_url, "POLYGON_WS_URL", ("ws", "wss"), DEFAULT_WS_URL, redact),
             toolsets=parse_toolsets(env.get("POLYGON_TOOLSETS")),
             request_timeout=float(_int_env(env, "POLYGON_TIMEOUT", 30)),
             max_retries=_int_env(env, "POLYGON_MAX_RETRIES", 3, minimum=0),
@@ -108,4 +209,10 @@ class Settings:
             data_dir=Path(data_dir).expanduser() if data_dir else _default_data_dir(),
             record=_bool_env(env, "POLYGON_RECORD", True),
             record_max_bytes=_int_env(env, "POLYGON_RECORD_MAX_MB", 1024) * (1 << 20),
+            max_body_bytes=_int_env(env, "POLYGON_MAX_BODY_MB", 64) * (1 << 20),
+            http_token=_secret_env(env, "POLYGON_HTTP_TOKEN"),
+            allowed_hosts=_allowed_hosts_env(env, "POLYGON_ALLOWED_HOSTS"),
+            allowed_origins=_allowed_origins_env(env, "POLYGON_ALLOWED_ORIGINS"),
+            query_timeout=float(_int_env(env, "POLYGON_QUERY_TIMEOUT", 10)),
+            query_memory_mb=_int_env(env, "POLYGON_QUERY_MEMORY_MB", 1024, minimum=64),
         )

@@ -75,14 +75,31 @@ def test_since_seq_pages_forward_without_duplicates_or_losses():
     assert [s for s, _, _ in r.events] == [71, 72, 73] and not r.more
 
 
-def test_since_seq_in_the_future_or_at_head_is_empty():
+def test_since_seq_at_head_is_empty():
     b = MessageBuffer(10)
     fill(b, [trades(3)])
-    assert b.read(10, since_seq=3).events == [] and b.read(10, since_seq=3).next_seq == 3
-    assert b.read(10, since_seq=99).events == []
+    r = b.read(10, since_seq=3)
+    assert r.events == [] and r.next_seq == 3 and not r.ahead
     empty = MessageBuffer(10)
     r = empty.read(10, since_seq=0)
-    assert r.events == [] and r.next_seq == 0 and r.head == 0
+    assert r.events == [] and r.next_seq == 0 and r.head == 0 and not r.ahead
+
+
+@pytest.mark.parametrize("since", [13, 15, 1_000_035, 2**70])
+def test_since_seq_ahead_of_the_buffer_answers_from_the_oldest_event(since):
+    # A cursor from before a restart: hiding every new event until seq catches up would lose them all.
+    b = MessageBuffer(10)
+    fill(b, [trades(4, start=4 * i) for i in range(3)])  # seq 1-12, ring keeps 3-12
+    r = b.read(5, since_seq=since)
+    assert r.ahead and r.gap == 0
+    assert [s for s, _, _ in r.events] == [3, 4, 5, 6, 7] and r.more and r.next_seq == 7
+    r = read(b, "T.AAPL", limit=100, since_seq=since, since_time=0.0)
+    assert r.ahead and [s for s, _, _ in r.events] == list(range(3, 13)) and r.next_seq == 12
+
+
+def test_since_seq_ahead_of_an_empty_buffer_restarts_the_cursor_at_zero():
+    r = MessageBuffer(10).read(10, since_seq=15)
+    assert r.ahead and r.events == [] and r.next_seq == 0
 
 
 @pytest.mark.parametrize(

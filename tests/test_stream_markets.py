@@ -86,6 +86,86 @@ def test_invalid_channels_name_the_valid_prefixes(market, raw, needle):
     assert needle in str(exc.value)
 
 
+@pytest.mark.parametrize(
+    ("market", "raw", "expected"),
+    [
+        ("stocks", ["T.BRK.A", "Q.brk.b", "FMV.AAPL"], ["T.BRK.A", "Q.BRK.B", "FMV.AAPL"]),
+        ("options", ["A.O:SPY251219P00650000", "FMV.O:AAPL1251219C00230000"], None),
+        ("futures", ["A.ES", "Q.CLZ25"], None),
+        ("indices", ["AM.I:NDX", "V.I:VIX1D"], None),
+        ("forex", ["C.EUR-USD", "CA.EURUSD", "FMV.C:EURUSD"], None),  # FMV events spell the pair the REST way
+        ("crypto", ["XL2.ETH-USDT", "FMV.X:BTC-USD", "XT.1INCH-USD"], None),
+    ],
+)
+def test_every_real_ticker_form_is_accepted(market, raw, expected):
+    assert normalize_channels(MARKETS[market], raw) == (expected or raw)
+
+
+@pytest.mark.parametrize(
+    ("market", "raw", "needle"),
+    [
+        ("stocks", 'T.{"EV":"STATUS"}', "contains '{'"),  # JSON smuggled into a subscribe message
+        ("stocks", "T.\u0410APL", "'\u0410' (U+0410, not ASCII)"),  # a Cyrillic A that looks like T.AAPL
+        ("stocks", "T.AAPL\x00", "control character U+0000"),
+        ("stocks", "T.AAPL*", "contains '*'"),
+        ("stocks", "T.AAPL;Q.MSFT", "contains ';'"),
+        ("options", "T.SPY251219C00650000", "O:<underlying><YYMMDD><C or P>"),  # the O: prefix is part of it
+        ("options", "T.O:SPY251219C650", "e.g. O:SPY251219C00650000"),
+        ("indices", "V.SPX", "I: then letters and digits (e.g. I:SPX)"),
+        ("forex", "C.EURO/USD", "BASE/QUOTE (e.g. EUR/USD, EUR-USD)"),
+        ("crypto", "XT.BTCUSD", "BASE-QUOTE (e.g. BTC-USD"),
+        ("futures", "T.ES Z5", "whitespace (U+0020)"),
+    ],
+)
+def test_channels_outside_the_vendor_symbol_alphabet_are_refused(market, raw, needle):
+    with pytest.raises(ChannelError) as exc:
+        normalize_channels(MARKETS[market], [raw])
+    text = str(exc.value)
+    assert needle in text
+    prefix = raw.partition(".")[0]
+    assert f"{prefix}.{MARKETS[market].ticker_example}" in text  # the valid form, with an example
+    assert f"{prefix}.*" in text
+
+
+def test_a_huge_channel_is_refused_with_a_short_message():
+    huge = "T." + "A" * 1_000_000
+    with pytest.raises(ChannelError) as exc:
+        normalize_channels(MARKETS["stocks"], ["T.AAPL", huge])
+    text = str(exc.value)
+    assert len(text) < 400 and "(1,000,002 characters)" in text and "at most 40" in text and "T.AAPL" in text
+    with pytest.raises(ChannelError) as exc:
+        normalize_channels(MARKETS["stocks"], "X" * 1_000_000 + ".AAPL")  # a huge prefix, too
+    assert len(str(exc.value)) < 400
+    with pytest.raises(ChannelError) as exc:
+        parse_filter(MARKETS["stocks"], huge)
+    assert len(str(exc.value)) < 400
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ("T.", "has nothing after the dot"),
+        ("*.", "has nothing after the dot"),
+        ("T.AAPL, Q.", "'Q.' has nothing after the dot"),
+        ("T.\u0410APL", "U+0410"),
+        ('*.{"ev":"status"}', "contains '{'"),
+        ("T.AA PL", "whitespace"),
+    ],
+)
+def test_filters_that_would_match_nothing_are_refused(raw, needle):
+    with pytest.raises(ChannelError) as exc:
+        parse_filter(MARKETS["stocks"], raw)
+    assert needle in str(exc.value) and "forms: T.AAPL, T.*, *.AAPL" in str(exc.value)
+
+
+def test_filter_forms_still_accepted():
+    stocks = MARKETS["stocks"]
+    assert parse_filter(stocks, "T").prefixes == {"T"} == parse_filter(stocks, "t.*").prefixes
+    assert parse_filter(stocks, "*.brk.a").tickers == {"BRK.A"}
+    assert parse_filter(stocks, "*.*").is_all and parse_filter(stocks, "T.AAPL, *").is_all
+    assert parse_filter(MARKETS["forex"], "*.C:EURUSD").tickers == {"C:EURUSD"}
+
+
 def test_options_quote_limit_checked_before_sending():
     topics = [f"Q.O:X{i}" for i in range(1001)]
     with pytest.raises(ChannelError, match="at most 1000"):

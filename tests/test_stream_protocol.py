@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import random
+from collections import Counter
+
 import orjson
 import pytest
 
@@ -184,6 +188,21 @@ def test_data_frame_fast_path_keeps_raw_bytes():
     assert {k.decode() if isinstance(k, bytes) else k: v for k, v in f.counts.items()} == {"T": 2, "Q": 1}
 
 
+def test_every_vendor_event_type_takes_the_fast_path():
+    """The firehose case must not decode: frames of real events (every market and channel) are kept as they are."""
+    from mcp_polygon.simulator.events import MARKETS, EventFactory
+
+    factory = EventFactory(3)
+    s = authed()
+    for market, spec in MARKETS.items():
+        events = [factory.event(market, ch, tk) for ch in spec.channels for tk in spec.wildcard_tickers]
+        data = orjson.dumps(events)
+        f = s.receive(data)
+        assert f.raw is data and f.count == len(events), market
+        assert all(type(k) is bytes for k in f.counts), market  # bytes keys: the regex path, not a decode
+    assert s.malformed_events == 0
+
+
 def test_mixed_status_and_data_frame():
     s = authed("T.AAPL")
     f = s.receive(frame({"ev": "T", "sym": "AAPL"}, st("success", "subscribed to: T.AAPL"), {"ev": "T", "sym": "X"}))
@@ -224,7 +243,7 @@ def test_malformed_frames_never_raise(data, count):
         assert len(orjson.loads(f.raw)) == count
 
 
-def test_invalid_utf8_on_the_fast_path_is_dropped_at_read_time():
+def test_invalid_utf8_is_dropped_and_counted_at_receive_time():
     from mcp_polygon.streams.buffer import MessageBuffer
 
     s = authed()
@@ -234,6 +253,88 @@ def test_invalid_utf8_on_the_fast_path_is_dropped_at_read_time():
         if f.raw is not None:
             b.append(f.raw, f.count, 1.0)
     assert [e["sym"] for _, _, e in b.read(10).events] == ["OK"]
+    assert b.head == 1 and s.malformed_frames == 1  # no sequence number was spent on the broken frame
+
+
+def test_non_ascii_frames_are_still_delivered():
+    s = authed()
+    f = s.receive(frame({"ev": "T", "sym": "ÄPFEL"}, {"ev": "T", "sym": "B"}))
+    assert f.count == 2 and [e["sym"] for e in orjson.loads(f.raw)] == ["ÄPFEL", "B"]
+
+
+# The tester's frames (issue 7, item 14): each used to be taken whole by the fast path and miscounted.
+@pytest.mark.parametrize(
+    ("data", "readable", "malformed"),
+    [
+        (b'[{"sym":"X","p":1},{"ev":"T","sym":"AAPL","p":2}]', ["AAPL"], 1),  # the first element lacks ev
+        (b'[{"ev":"T","sym":"AAPL","x":{"ev":"Q","sym":"NESTED"}}]', ["AAPL"], 0),  # a nested ev: no phantom
+        (b'[{"ev":"T","sym":"AAPL","c":[{"ev":"Q"},{"ev":"Q"}]}]', ["AAPL"], 0),  # nested in a list
+        (b'[{"ev":"T","sym":"A"},5,{"ev":"T","sym":"B"}]', ["A", "B"], 1),  # a number between events
+        (b'[{"ev":"T","sym":"A"},{"ev":"T","sym":"B","ev":7}]', ["A"], 1),  # a second ev key wins, not a string
+        (b'[{"ev":"T","sym":"A"},{"x":{"ev":"T","sym":"Z"}},{"ev":"T","sym":"B"}]', ["A", "B"], 1),
+        (b'[{"ev":"T","sym":"A"},[{"ev":"T","sym":"Z"}],{"ev":"T","sym":"B"}]', ["A", "B"], 1),
+    ],
+)
+def test_what_is_counted_is_what_is_readable(data, readable, malformed):
+    s = authed()
+    f = s.receive(data)
+    assert f.count == len(readable) and [e["sym"] for e in orjson.loads(f.raw)] == readable
+    assert sum(f.counts.values()) == f.count
+    assert s.malformed_events == malformed and (f.malformed is not None) == bool(malformed)
+
+
+def _random_element(rng: random.Random) -> tuple[object, bool | None]:
+    """(element, True for a data event / None for a status event / False for malformed)."""
+    sym = rng.choice(["AAPL", "MSFT", "BRK.A", 'a"quote', "},{", '},{"ev":"T"', "x\\y", "{"])
+    kind = rng.randrange(12)
+    if kind <= 3:
+        return {"ev": rng.choice(["T", "Q", "AM", "XL2"]), "sym": sym, "p": rng.random()}, True
+    if kind == 4:
+        return {"sym": sym, "ev": "T"}, True  # ev not first
+    if kind == 5:
+        return {"ev": "T", "sym": sym, "nested": {"ev": "Q", "sym": "N"}}, True
+    if kind == 6:
+        return {"ev": "T", "c": [{"ev": "Q"}, 1, [{"ev": "A"}]]}, True
+    if kind == 7:
+        return st("success", f"subscribed to: T.{sym}"), None
+    if kind == 8:
+        return {"sym": sym, "p": 1}, False  # no ev
+    if kind == 9:
+        return {"ev": rng.choice([1, None, ["T"], {"ev": "T"}, 2.5, True])}, False
+    if kind == 10:
+        return {"ev": 'T"x', "sym": sym}, True  # an escape inside the type
+    return rng.choice([5, "text", None, [], [{"ev": "T"}], '{"ev":"T"}', True]), False
+
+
+def _encode(elements: list, rng: random.Random) -> bytes:
+    style = rng.randrange(4)
+    if style == 0:  # whitespace, the way json.dumps writes
+        return json.dumps(elements).encode()
+    if style == 1 and elements:  # a duplicated ev key, written by hand: the last one wins when decoded
+        parts = [orjson.dumps(e) for e in elements]
+        k = rng.randrange(len(parts))
+        if parts[k].startswith(b'{"ev":'):
+            parts[k] = parts[k][:-1] + rng.choice([b',"ev":7}', b',"ev":"Q"}'])
+        return b"[" + b",".join(parts) + b"]"
+    return orjson.dumps(elements)
+
+
+def test_property_the_count_equals_the_readable_data_events():
+    rng = random.Random(20240607)
+    for _ in range(3000):
+        elements = [_random_element(rng)[0] for _ in range(rng.randrange(0, 7))]
+        data = _encode(elements, rng)
+        decoded = orjson.loads(data)
+        readable = [e for e in decoded if type(e) is dict and type(e.get("ev")) is str and e["ev"] != "status"]
+        bad = sum(1 for e in decoded if not (type(e) is dict and type(e.get("ev")) is str))
+        s = authed()
+        f = s.receive(data)
+        assert f.count == len(readable), data
+        assert (orjson.loads(f.raw) if f.raw is not None else []) == readable, data
+        if f.count:
+            keys = Counter({(k.decode() if isinstance(k, bytes) else k): v for k, v in f.counts.items()})
+            assert keys == Counter(e["ev"] for e in readable), data
+        assert s.malformed_events == bad, data
 
 
 def test_malformed_counters():
@@ -254,3 +355,13 @@ def test_key_never_in_repr_of_state():
     s.receive(frame(st("auth_failed", "authentication failed")))
     text = repr(s.__dict__.get("topics")) + repr(s.last_status) + str(s.last_error) + repr(list(s.history))
     assert "secret-key" not in text
+
+
+def test_the_key_echoed_by_the_vendor_is_masked_everywhere_the_session_keeps_text():
+    s = authed("T.AAPL")
+    s.receive(frame(st("error", "not authorized for secret-key"), st("slow_consumer", "secret-key, too slow")))
+    texts = [s.last_error, s.topics["T.AAPL"].reason, repr(s.last_status), repr(list(s.history)), repr(s.warning)]
+    assert all("secret-key" not in t for t in texts), texts
+    assert s.topics["T.AAPL"].reason == "not authorized for ***" and s.warning.message == "***, too slow"
+    s.receive(b"x" * 55 + b"secret-key and the rest")  # not JSON, and the key straddles the 60-character preview
+    assert "secre" not in s.last_malformed and "***" in s.last_malformed

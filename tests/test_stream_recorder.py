@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import subprocess
 import sys
+import time
 
 import orjson
 
@@ -167,5 +170,219 @@ def test_os_error_turns_recording_off_instead_of_raising(tmp_path):
     blocker.write_text("not a directory")
     r = rec.Recorder(blocker / "stocks", 1 << 30)
     r.write(frame(1), 3, T0)  # mkdir fails: no exception
-    assert not r.enabled and "recording stopped" in r.error
+    assert r.state is rec.RecordingState.FAILED and "Not a directory" in r.error
     r.write(frame(2), 3, T0 + S)
+
+
+# -- durability: a quiet feed reaches the disk without another frame -------------------------------------------
+
+
+def lines_on_disk(directory) -> list[bytes]:
+    """What another process would read now: every complete line of every segment, through a separate open()."""
+    out: list[bytes] = []
+    for seg in rec.list_segments(directory):
+        with open(seg.path, "rb") as f:
+            out += [line for line in f.read().split(b"\n")[:-1]]
+    return out
+
+
+def test_tick_puts_a_quiet_feeds_last_frames_on_disk(tmp_path):
+    r = rec.Recorder(tmp_path, 1 << 30)
+    for i in range(20):  # 20 frames within one second, then silence
+        r.write(frame(i), 3, T0 + i * 1_000_000)
+    assert lines_on_disk(tmp_path) == []  # still in the writer's buffer: a kill -9 now would lose them
+    r.tick()  # what the stream manager does every flush_interval, frames or not
+    assert len(lines_on_disk(tmp_path)) == 20
+
+
+async def test_the_manager_flushes_a_running_stream_every_flush_interval(tmp_path):
+    from mcp_polygon.config import Settings
+    from mcp_polygon.streams.manager import StreamManager
+
+    manager = StreamManager(Settings(api_key="k", ws_url="ws://127.0.0.1:9", data_dir=tmp_path))
+    stream = manager.stream("stocks")
+    assert stream.recorder is not None
+    stream.recorder.flush_interval = 0.02
+    stream.start_recording()  # what start_stocks_stream does
+    try:
+        for i in range(20):
+            stream.recorder.write(frame(i), 3, T0 + i * 1_000_000)
+        deadline = time.monotonic() + 5
+        while len(lines_on_disk(tmp_path / "stocks")) < 20:
+            assert time.monotonic() < deadline, "the upkeep task never flushed"
+            await asyncio.sleep(0.01)
+    finally:
+        await manager.aclose()
+    assert stream.record_task is None and all(s.closed for s in rec.list_segments(tmp_path / "stocks"))
+
+
+# -- replay of damaged recordings ------------------------------------------------------------------------------
+
+LINES = 6_000  # one event per line, in one segment (> _BISECT_MIN, so pages after the first bisect)
+
+
+def write_one_event_lines(directory, n: int = LINES) -> None:
+    r = rec.Recorder(directory, 1 << 30, segment_bytes=1 << 30)
+    for i in range(n):
+        r.write(orjson.dumps([{"ev": "T", "sym": "AAPL", "i": i}]), 1, T0 + i * S)
+    r.close()
+
+
+def damage(directory, edits: dict[int, bytes], inserts: dict[int, bytes] | None = None) -> None:
+    """Replace line i with edits[i]; put inserts[i] right after line i (the file keeps its closed name)."""
+    (seg,) = rec.list_segments(directory)
+    lines = seg.path.read_bytes().split(b"\n")[:-1]
+    out = []
+    for i, line in enumerate(lines):
+        out.append(edits.get(i, line))
+        if inserts and i in inserts:
+            out.append(inserts[i])
+    seg.path.write_bytes(b"\n".join(out) + b"\n")
+
+
+def flip_bit(line: bytes, index: int, bit: int) -> bytes:
+    return line[:index] + bytes([line[index] ^ (1 << bit)]) + line[index + 1 :]
+
+
+def page_through(directory, from_ns: int, to_ns: int, limit: int = 1000) -> tuple[list[int], int, int]:
+    """Every event of the window by paging with next_from_ns: (event indexes, corrupt lines counted, pages)."""
+    got: list[int] = []
+    corrupt = pages = 0
+    start = from_ns
+    while True:
+        out = rec.replay(directory, start, to_ns, limit=limit)
+        got += [e["i"] for _, e in out.events]
+        corrupt += out.corrupt_lines
+        pages += 1
+        assert pages < 100
+        if not out.more:
+            return got, corrupt, pages
+        start = out.next_from_ns
+
+
+def original_line(directory, i: int) -> bytes:
+    (seg,) = rec.list_segments(directory)
+    return seg.path.read_bytes().split(b"\n")[i]
+
+
+def test_a_garbage_line_after_a_page_boundary_does_not_end_paging(tmp_path):
+    write_one_event_lines(tmp_path)
+    damage(tmp_path, {}, inserts={1999: b"garbage line", 3999: b"\x00\x00\x00 [1,2"})  # right after pages 2 and 4
+    got, corrupt, _ = page_through(tmp_path, T0, T0 + LINES * S)
+    assert got == list(range(LINES))  # every event, once, in order
+    assert corrupt == 2
+
+
+def test_a_damaged_time_is_skipped_and_counted_not_taken_for_the_end(tmp_path):
+    write_one_event_lines(tmp_path)
+    edits = {
+        1000: flip_bit(original_line(tmp_path, 1000), 0, 3),  # '1' -> '9': far in the future
+        2500: b"%d" % (T0 + 5_000 * S) + original_line(tmp_path, 2500)[19:],  # future, inside the segment's range
+        3000: flip_bit(original_line(tmp_path, 3000), 2, 4),  # '0' -> ' ': a tiny time, before the segment
+        3500: b"%d" % (T0 + 10 * S) + original_line(tmp_path, 3500)[19:],  # in range, breaks the order
+        4000: original_line(tmp_path, 4000)[:20] + b"{not json",
+    }
+    damage(tmp_path, edits)
+    good = [i for i in range(LINES) if i not in edits]
+    got, corrupt, _ = page_through(tmp_path, T0, T0 + LINES * S)
+    assert got == good and corrupt == len(edits)
+    # A window ending before the damaged future time still runs to its end (that line is not "past to_ns").
+    got, corrupt, _ = page_through(tmp_path, T0 + 2_000 * S, T0 + 4_500 * S - 1, limit=700)
+    assert got == [i for i in good if 2_000 <= i < 4_500] and corrupt == 4
+
+
+def test_bisection_is_not_misled_by_damaged_times(tmp_path):
+    write_one_event_lines(tmp_path)
+    # Every other line of the middle third stamped far too early (in the segment's range, out of order): where a
+    # bisection probe lands on one, trusting it would jump past the window and skip its events.
+    edits = {i: b"%d" % (T0 + (i // 4) * S) + original_line(tmp_path, i)[19:] for i in range(2_001, 4_000, 2)}
+    damage(tmp_path, edits)
+    for start in range(150, LINES - 30, 29):
+        out = rec.replay(tmp_path, T0 + start * S, T0 + (start + 20) * S, limit=100)
+        assert [e["i"] for _, e in out.events] == [i for i in range(start, start + 21) if i not in edits], start
+
+
+# -- one recording state, retried after failures ---------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FlakyDisk:
+    """An opener whose files raise ENOSPC on write and flush while `full` is set (a disk that fills up)."""
+
+    def __init__(self) -> None:
+        self.full = False
+
+    def __call__(self, path):
+        return _FlakyFile(open(path, "ab"), self)
+
+
+class _FlakyFile:
+    def __init__(self, f, disk: FlakyDisk) -> None:
+        self.f, self.disk = f, disk
+
+    def _check(self) -> None:
+        if self.disk.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self, data: bytes) -> int:
+        self._check()
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self._check()
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def test_an_unwritable_directory_is_retried_at_resume_and_when_due(tmp_path, caplog):
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the data directory should be")  # mkdir fails, even for root
+    clock = Clock()
+    r = rec.Recorder(blocker / "stocks", 1 << 30, retry_interval=30, clock=clock)
+    assert r.resume() is rec.RecordingState.FAILED  # known at the start, before any frame is lost silently
+    status = r.status()
+    assert status.failure is not None and status.failure.at == clock.now and status.failure.retry_at == clock.now + 30
+    assert "OFF since" in status.describe() and "every 30 s" in status.describe()
+    clock.now += 30
+    r.tick()  # due: tried again, fails the same way
+    assert r.status().failure.at == clock.now
+    assert [x.levelname for x in caplog.records if x.name == rec.__name__] == ["WARNING"]  # news once, not per retry
+    blocker.unlink()
+    clock.now += 29
+    r.tick()
+    assert r.state is rec.RecordingState.FAILED  # not due yet
+    clock.now += 1
+    r.tick()
+    assert r.state is rec.RecordingState.ON and r.status().describe().startswith("on (")
+    r.write(frame(1), 3, T0)
+    r.close()
+    assert len(rec.replay(blocker / "stocks", 0, T0 + S).events) == 3
+
+
+def test_disk_full_stops_recording_and_the_next_start_records_again(tmp_path):
+    disk = FlakyDisk()
+    r = rec.Recorder(tmp_path, 1 << 30, opener=disk, clock=Clock())
+    r.write(frame(0), 3, T0)
+    r.flush()
+    disk.full = True
+    r.write(frame(1), 3, T0 + S)  # the disk is full: recording stops, the reader does not
+    r.write(frame(2), 3, T0 + 2 * S)
+    assert r.state is rec.RecordingState.FAILED and "No space left on device" in r.error
+    # What reached the disk stays, in a segment closed under its real range.
+    (seg,) = rec.list_segments(tmp_path)
+    assert seg.closed and seg.last_ns == T0 + 2
+    disk.full = False
+    assert r.resume() is rec.RecordingState.ON  # a stream start
+    r.write(frame(3), 3, T0 + 3 * S)
+    r.close()
+    out = rec.replay(tmp_path, 0, T0 + 10 * S)
+    assert [e["p"] for _, e in out.events] == [0.0] * 3 + [3.0] * 3 and out.corrupt_lines == 0

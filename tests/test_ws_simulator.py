@@ -333,6 +333,15 @@ async def test_malformed_frames(sim: WsSimulator):
     await sim.malformed("stocks", "missing_fields")
     [broken] = await frame(ws)
     assert broken["ev"] == "T" and "sym" not in broken and "p" not in broken
+    await sim.malformed("stocks", "no_ev_first")
+    no_ev, trade = await frame(ws)
+    assert "ev" not in no_ev and no_ev["sym"] == "AAPL" and trade["ev"] == "T" and trade["sym"] == "AAPL"
+    await sim.malformed("stocks", "nested_ev")
+    [outer] = await frame(ws)
+    assert outer["ev"] == "T" and outer["x"] == {"ev": "T", "sym": "AAPL"}
+    await sim.malformed("stocks", "non_object")
+    first, five, second = await frame(ws)
+    assert (first["ev"], five, second["ev"]) == ("T", 5, "T")
     with pytest.raises(ValueError, match="kind must be one of"):
         await sim.malformed("stocks", "nonsense")
     await ws.close()

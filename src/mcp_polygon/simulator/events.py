@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 # Tickers starting with this (after any "O:", "I:", "C:", "X:" prefix) are unknown to the simulator: a subscription
 # to them is acknowledged like the vendor does, and no event is ever sent for them.
@@ -122,7 +123,7 @@ class Instrument:
             self.decimals = 2 if self.anchor >= 1 else 4 if market == "stocks" else 6
         self.seq = self.rng.randrange(1_000, 5_000_000)
         self.day_open = self.round(self.anchor * (1 + self.rng.gauss(0, 0.003)))
-        self.day_volume = self.rng.randrange(10_000, 5_000_000)
+        self.day_volume: float = self.rng.randrange(10_000, 5_000_000)
         self.day_notional = self.day_volume * self.anchor
 
     def round(self, value: float) -> float:
@@ -157,7 +158,7 @@ class Instrument:
         return round(self.day_notional / self.day_volume, 4) if self.day_volume else self.price
 
 
-Builder = Callable[[Instrument, str, int], dict]
+Builder = Callable[[Instrument, str, int], dict[str, Any]]
 
 
 def _window_start(ms: int, width_ms: int) -> int:
@@ -168,7 +169,7 @@ def _window_start(ms: int, width_ms: int) -> int:
 # vendor's order. Aggregates cover the second (A, CAS, XAS) or minute (AM, CA, XA) that contains `now`.
 
 
-def _stock_trade(inst: Instrument, sym: str, ns: int) -> dict:
+def _stock_trade(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
     rng = inst.rng
     exchange = rng.choice((4, 4, 11, 12, 10, 8, 15, 19, 21))
     ev = {
@@ -182,7 +183,7 @@ def _stock_trade(inst: Instrument, sym: str, ns: int) -> dict:
     return ev
 
 
-def _stock_quote(inst: Instrument, sym: str, ns: int) -> dict:
+def _stock_quote(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
     rng = inst.rng
     bid, ask = inst.spread()
     return {
@@ -192,7 +193,9 @@ def _stock_quote(inst: Instrument, sym: str, ns: int) -> dict:
     }  # fmt: skip
 
 
-def _aggregate_base(inst: Instrument, sym: str, ns: int, ev: str, width_ms: int, lots: tuple[int, ...]) -> dict:
+def _aggregate_base(
+    inst: Instrument, sym: str, ns: int, ev: str, width_ms: int, lots: tuple[int, ...]
+) -> dict[str, Any]:
     """The stock/option A and AM body; `lots` are typical trade sizes."""
     rng = inst.rng
     trades = rng.randrange(1, 60)
@@ -207,7 +210,7 @@ def _aggregate_base(inst: Instrument, sym: str, ns: int, ev: str, width_ms: int,
 
 
 def _stock_aggregate(ev: str, width_ms: int) -> Builder:
-    def build(inst: Instrument, sym: str, ns: int) -> dict:
+    def build(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
         body = _aggregate_base(inst, sym, ns, ev, width_ms, (1, 10, 50, 100))
         # Fractional-share volumes arrive as decimal strings next to the integer ones.
         frac = inst.rng.choice(("", ".25", ".5", ".125"))
@@ -224,7 +227,7 @@ def _option_aggregate(ev: str, width_ms: int) -> Builder:
     return lambda inst, sym, ns: _aggregate_base(inst, sym, ns, ev, width_ms, (1, 2, 5, 10))
 
 
-def _luld(inst: Instrument, sym: str, ns: int) -> dict:
+def _luld(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
     ref = inst.step()
     return {
         "ev": "LULD", "T": sym, "h": inst.round(ref * 1.05), "l": inst.round(ref * 0.95),
@@ -232,7 +235,7 @@ def _luld(inst: Instrument, sym: str, ns: int) -> dict:
     }  # fmt: skip
 
 
-def _imbalance(inst: Instrument, sym: str, ns: int) -> dict:
+def _imbalance(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
     rng = inst.rng
     opening = rng.random() < 0.5
     return {
@@ -242,11 +245,11 @@ def _imbalance(inst: Instrument, sym: str, ns: int) -> dict:
     }  # fmt: skip
 
 
-def _fmv(inst: Instrument, sym: str, ns: int) -> dict:
+def _fmv(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
     return {"ev": "FMV", "fmv": inst.step(), "sym": sym, "t": ns}
 
 
-def _option_trade(inst: Instrument, sym: str, ns: int) -> dict:
+def _option_trade(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
     rng = inst.rng
     return {
         "ev": "T", "sym": sym, "x": rng.choice((300, 302, 303, 313, 322, 65)), "p": inst.step(),
@@ -255,7 +258,7 @@ def _option_trade(inst: Instrument, sym: str, ns: int) -> dict:
     }  # fmt: skip
 
 
-def _option_quote(inst: Instrument, sym: str, ns: int) -> dict:
+def _option_quote(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
     rng = inst.rng
     bid, ask = inst.spread()
     return {
@@ -265,14 +268,14 @@ def _option_quote(inst: Instrument, sym: str, ns: int) -> dict:
     }  # fmt: skip
 
 
-def _future_trade(inst: Instrument, sym: str, ns: int) -> dict:
+def _future_trade(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
     return {
         "ev": "T", "sym": sym, "p": inst.step(), "s": inst.rng.randrange(1, 12), "t": ns // 1_000_000,
         "q": inst.next_seq(),
     }  # fmt: skip
 
 
-def _future_quote(inst: Instrument, sym: str, ns: int) -> dict:
+def _future_quote(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
     rng = inst.rng
     bid, ask = inst.spread()
     ms = ns // 1_000_000
@@ -283,7 +286,7 @@ def _future_quote(inst: Instrument, sym: str, ns: int) -> dict:
 
 
 def _future_aggregate(ev: str, width_ms: int) -> Builder:
-    def build(inst: Instrument, sym: str, ns: int) -> dict:
+    def build(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
         trades = inst.rng.randrange(1, 40)
         volume = trades * inst.rng.randrange(1, 6)
         open_, high, low, close = inst.window(volume)
@@ -296,12 +299,12 @@ def _future_aggregate(ev: str, width_ms: int) -> Builder:
     return build
 
 
-def _index_value(inst: Instrument, sym: str, ns: int) -> dict:
+def _index_value(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
     return {"ev": "V", "val": inst.step(), "T": sym, "t": ns // 1_000_000}
 
 
 def _index_aggregate(ev: str, width_ms: int) -> Builder:
-    def build(inst: Instrument, sym: str, ns: int) -> dict:
+    def build(inst: Instrument, sym: str, ns: int) -> dict[str, Any]:
         open_, high, low, close = inst.window(0)
         start = _window_start(ns // 1_000_000, width_ms)
         return {
@@ -312,13 +315,13 @@ def _index_aggregate(ev: str, width_ms: int) -> Builder:
     return build
 
 
-def _forex_quote(inst: Instrument, pair: str, ns: int) -> dict:
+def _forex_quote(inst: Instrument, pair: str, ns: int) -> dict[str, Any]:
     bid, ask = inst.spread()
     return {"ev": "C", "p": pair, "x": inst.rng.choice((48, 44, 1)), "a": ask, "b": bid, "t": ns // 1_000_000}
 
 
 def _forex_aggregate(ev: str, width_ms: int) -> Builder:
-    def build(inst: Instrument, pair: str, ns: int) -> dict:
+    def build(inst: Instrument, pair: str, ns: int) -> dict[str, Any]:
         ticks = inst.rng.randrange(1, 120)  # forex aggregate volume is the number of quotes in the window
         open_, high, low, close = inst.window(ticks)
         start = _window_start(ns // 1_000_000, width_ms)
@@ -335,7 +338,7 @@ def _crypto_size(inst: Instrument) -> float:
     return max(1e-8, round(inst.rng.expovariate(1 / 0.3), 8))
 
 
-def _crypto_trade(inst: Instrument, pair: str, ns: int) -> dict:
+def _crypto_trade(inst: Instrument, pair: str, ns: int) -> dict[str, Any]:
     rng = inst.rng
     ms = ns // 1_000_000
     return {
@@ -344,7 +347,7 @@ def _crypto_trade(inst: Instrument, pair: str, ns: int) -> dict:
     }  # fmt: skip
 
 
-def _crypto_quote(inst: Instrument, pair: str, ns: int) -> dict:
+def _crypto_quote(inst: Instrument, pair: str, ns: int) -> dict[str, Any]:
     rng = inst.rng
     bid, ask = inst.spread()
     ms = ns // 1_000_000
@@ -354,7 +357,7 @@ def _crypto_quote(inst: Instrument, pair: str, ns: int) -> dict:
     }  # fmt: skip
 
 
-def _crypto_book(inst: Instrument, pair: str, ns: int) -> dict:
+def _crypto_book(inst: Instrument, pair: str, ns: int) -> dict[str, Any]:
     bid, ask = inst.spread()
     tick = 10.0**-inst.decimals
     ms = ns // 1_000_000
@@ -366,7 +369,7 @@ def _crypto_book(inst: Instrument, pair: str, ns: int) -> dict:
 
 
 def _crypto_aggregate(ev: str, width_ms: int) -> Builder:
-    def build(inst: Instrument, pair: str, ns: int) -> dict:
+    def build(inst: Instrument, pair: str, ns: int) -> dict[str, Any]:
         trades = inst.rng.randrange(1, 80)
         volume = round(sum(_crypto_size(inst) for _ in range(3)) * trades / 3, 8)
         open_, high, low, close = inst.window(volume)
@@ -430,13 +433,13 @@ class EventFactory:
             inst = self._instruments[key] = Instrument(market, key[1], self.seed)
         return inst
 
-    def event(self, market: str, channel: str, ticker: str, now_ns: int | None = None) -> dict:
+    def event(self, market: str, channel: str, ticker: str, now_ns: int | None = None) -> dict[str, Any]:
         """One event of `channel` for `ticker` (as subscribed), stamped `now_ns` (default: the wall clock)."""
         build = _BUILDERS[(market, channel)]
         ns = time.time_ns() if now_ns is None else now_ns
         return build(self.instrument(market, ticker), event_ticker(market, channel, ticker), ns)
 
-    def broken_event(self, market: str, channel: str, ticker: str) -> dict:
+    def broken_event(self, market: str, channel: str, ticker: str) -> dict[str, Any]:
         """A well-formed event with its ticker and its main number removed (a "missing_fields" fault)."""
         ev = self.event(market, channel, ticker)
         ev.pop(ticker_key(market, channel), None)

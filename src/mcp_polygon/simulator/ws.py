@@ -23,16 +23,17 @@ import itertools
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from mcp_polygon.simulator.events import MARKETS, EventFactory, is_known_ticker
+from mcp_polygon.simulator.events import MARKETS, EventFactory, is_known_ticker, ticker_key
 
 FEEDS = ("business", "delayed")
 FUTURES_EXCHANGES = ("cme", "cbot", "nymex", "comex")
@@ -49,10 +50,10 @@ MSG_LIMIT = "Subscription limit reached for feed. Please remove some subscriptio
 MSG_MAX_CONNECTIONS = "Maximum number of connections exceeded."
 MSG_SLOW_CONSUMER = "Consumer too slow; disconnecting."
 
-MALFORMED_KINDS = ("non_json", "non_array", "missing_fields")
+MALFORMED_KINDS = ("non_json", "non_array", "missing_fields", "no_ev_first", "nested_ev", "non_object")
 
 
-def status(status_: str, message: str) -> dict:
+def status(status_: str, message: str) -> dict[str, str]:
     return {"ev": "status", "status": status_, "message": message}
 
 
@@ -81,7 +82,7 @@ class Session:
     # (channel, ticker) -> event credit; a credit reaching 1 is an event due.
     streams: dict[tuple[str, str], float] = field(default_factory=dict)
     paused: int = 0  # > 0 while a firehose or paced run owns the connection
-    pump: asyncio.Task | None = None
+    pump: asyncio.Task[None] | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -103,7 +104,7 @@ class Session:
         # Keep the credit of streams that stay; a new stream starts with one event due, so data flows at once.
         self.streams = {stream: self.streams.get(stream, 1.0) for stream in wanted}
 
-    async def send(self, payload: list | dict) -> None:
+    async def send(self, payload: list[Any] | dict[str, Any]) -> None:
         await self.ws.send(orjson.dumps(payload), text=True)
 
 
@@ -140,7 +141,7 @@ class WsSimulator:
         self._auths: dict[str, int] = dict.fromkeys(MARKETS, 0)
         # Every TCP connection, including those still in the HTTP handshake, so restart() can abort them all.
         self._raw: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
-        self._background: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -222,21 +223,32 @@ class WsSimulator:
     async def malformed(self, market: str, kind: str) -> int:
         """Send one malformed frame to every authenticated connection on `market`. Kinds: "non_json" (text that is
         not JSON), "non_array" (one event as a bare JSON object), "missing_fields" (an array holding one event
-        without its ticker and its main number, e.g. a trade without sym and p)."""
+        without its ticker and its main number, e.g. a trade without sym and p), and three arrays that mix real
+        events with entries a client must not count as events: "no_ev_first" (an object without `ev`, then one
+        event), "nested_ev" (one event holding an object with an `ev` key of its own), "non_object" (an event,
+        the number 5, an event). Each of the last three carries 1, 1 and 2 readable events."""
         if kind not in MALFORMED_KINDS:
             raise ValueError(f"kind must be one of {', '.join(MALFORMED_KINDS)}, got {kind!r}")
         sessions = [s for s in self._live(market) if s.authenticated]
         for session in sessions:
-            channel, ticker = self._sample_stream(session)
-            if kind == "non_json":
-                frame = b'[{"ev":"T","sym":"AAPL","p":1'  # a frame cut short
-            elif kind == "non_array":
-                frame = orjson.dumps(self.factory.event(session.market, channel, ticker))
-            else:
-                frame = orjson.dumps([self.factory.broken_event(session.market, channel, ticker)])
             with contextlib.suppress(ConnectionClosed):
-                await session.ws.send(frame, text=True)
+                await session.ws.send(self._malformed_frame(session, kind), text=True)
         return len(sessions)
+
+    def _malformed_frame(self, session: Session, kind: str) -> bytes:
+        channel, ticker = self._sample_stream(session)
+        event = self.factory.event(session.market, channel, ticker)
+        if kind == "non_json":
+            return b'[{"ev":"T","sym":"AAPL","p":1'  # a frame cut short
+        if kind == "non_array":
+            return orjson.dumps(event)
+        if kind == "missing_fields":
+            return orjson.dumps([self.factory.broken_event(session.market, channel, ticker)])
+        if kind == "no_ev_first":
+            return orjson.dumps([{k: v for k, v in event.items() if k != "ev"}, event])
+        if kind == "nested_ev":
+            return orjson.dumps([{**event, "x": {"ev": channel, ticker_key(session.market, channel): ticker}}])
+        return orjson.dumps([event, 5, self.factory.event(session.market, channel, ticker)])  # non_object
 
     async def firehose(self, market: str, n: int, batch: int = 1000) -> int:
         """Send `n` events of its streams to every authenticated connection on `market`, as fast as each socket
@@ -294,7 +306,7 @@ class WsSimulator:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
-        market, cluster = parse_path(ws.request.path)  # type: ignore[misc]  # _check_path refused the rest
+        market, cluster = parse_path(ws.request.path)  # type: ignore[misc,union-attr]  # _check_path refused the rest
         session = Session(ws, market, cluster)
         self._sessions[market].append(session)
         self._connects[market] += 1
@@ -415,7 +427,7 @@ class WsSimulator:
             elapsed, last = now - last, now
             if rate <= 0 or session.paused or not session.streams:
                 continue
-            events = []
+            events: list[dict[str, Any]] = []
             now_ns = time.time_ns()
             cap = max(1.0, rate)  # after a stall, catch up at most one second's worth
             for stream, credit in session.streams.items():
@@ -519,7 +531,7 @@ class WsSimulator:
         transport.abort()
         await ws.wait_closed()
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -55,6 +55,9 @@ class ReadResult:
     oldest: int  # oldest seq still readable (head + 1 when empty)
     gap: int = 0  # events after since_seq that were overwritten before they could be read
     more: bool = False  # more matching events exist after the last one returned
+    # since_seq was beyond the newest seq: a cursor from before a restart (seq numbers start again at 1) or a
+    # typing mistake. The read answers from the oldest buffered event instead of hiding every new one.
+    ahead: bool = False
     scanned: int = 0  # events looked at
     meta: dict = field(default_factory=dict)
 
@@ -238,6 +241,8 @@ class MessageBuffer:
         matching events after that point, so a caller paging with `next_seq` sees every event exactly once
         (events overwritten before it came back are reported in `gap`).
 
+        A since_seq beyond the newest seq is answered from the oldest buffered event, flagged `ahead`.
+
         Filter with `selector` (markets.Selector: predicate + per-frame index + byte pre-check), or with a bare
         `match` predicate and optional `needles` (bytes one of which a frame must contain to hold any match).
         """
@@ -250,15 +255,16 @@ class MessageBuffer:
         oldest = self.oldest
         frames = self._frames
         start = self._start
+        ahead = since_seq is not None and since_seq > head
         if not head or start >= len(frames):
-            return ReadResult([], max(head, since_seq or 0), head, head + 1)
+            return ReadResult([], head, head, head + 1, ahead=ahead)
         forward = since_seq is not None or since_time is not None
         lower = oldest
         gap = 0
         if since_seq is not None:
-            since_seq = max(0, since_seq)
-            if since_seq >= head:
-                return ReadResult([], since_seq if since_seq > head else head, head, oldest)
+            since_seq = oldest - 1 if ahead else max(0, since_seq)
+            if since_seq == head:
+                return ReadResult([], head, head, oldest)
             if since_seq + 1 < oldest:
                 gap = oldest - since_seq - 1
             lower = max(lower, since_seq + 1)
@@ -267,12 +273,14 @@ class MessageBuffer:
         if since_time is not None:
             ti = bisect_left(frames, since_time, lo=start, key=_recv_time)
             if ti >= len(frames):
-                return ReadResult([], head, head, oldest, gap=gap)
+                return ReadResult([], head, head, oldest, gap=gap, ahead=ahead)
             if ti > fi:
                 fi = ti
                 lower = max(lower, frames[ti][0])
         if forward:
-            return self._read_forward(fi, lower, limit, match, needles, selector, head, oldest, gap)
+            result = self._read_forward(fi, lower, limit, match, needles, selector, head, oldest, gap)
+            result.ahead = ahead
+            return result
         return self._read_newest(fi, lower, limit, match, needles, selector, head, oldest)
 
     def _matches(self, first: int, last: int, raw: bytes, skip: int, match, selector) -> tuple:

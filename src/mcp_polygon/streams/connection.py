@@ -1,10 +1,15 @@
 """The I/O around protocol.py: one asyncio supervisor task per market that owns the socket.
 
-connect -> auth -> subscribe -> read frames forever; after any drop, reconnect with jittered exponential backoff
-(first retry after 0.125-0.25 s, capped at 30 s, reset after a healthy period) and subscribe again to every
-active topic. `auth_failed` stops the loop (retrying a bad key only gets the key blocked); `max_connections`
-(another connection on the same key took the slot) waits a long cooldown instead of fighting for the slot.
+connect -> auth -> subscribe -> read frames forever; after any drop, reconnect at once, and if that fails too, with
+jittered exponential backoff (0.125-0.25 s, doubling, capped at 30 s, reset after a healthy period); then subscribe
+again to every active topic. `auth_failed` stops the loop (retrying a bad key only gets the key blocked);
+`max_connections` (another connection on the same key took the slot) waits a long cooldown instead of fighting for
+the slot. An endpoint that no retry can cure (not a ws/wss URL, a host name that cannot exist or does not resolve
+before any connection succeeded) ends the loop at once in FAILED, with one sentence and no traceback.
 Keep-alive pings detect a dead peer; a drop without a close frame is just another reconnect.
+
+Everything this module writes (log lines, last_error, last_disconnect) passes through the session's Redactor: the
+vendor's status and close messages may echo what it was sent, the key included.
 
 The read loop does the minimum per frame: receive bytes, `session.receive()` (one orjson.loads + one Counter),
 hand the frame to the sink. Tools never touch the socket; they only send subscribe/unsubscribe messages.
@@ -14,15 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
+import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from mcp_polygon.streams.markets import shown
 from mcp_polygon.streams.protocol import AuthState, Frame, ProtocolSession, Status
 
 log = logging.getLogger(__name__)
@@ -69,12 +78,54 @@ class ConnectionState:
     STOPPED = "stopped"
 
 
-@contextlib.contextmanager
-def _quiet_cancel():
+# getaddrinfo answers that say the name does not exist (as opposed to EAI_AGAIN, "try again later").
+_NO_SUCH_HOST = frozenset(
+    code for code in (getattr(socket, name, None) for name in ("EAI_NONAME", "EAI_NODATA", "EAI_SERVICE")) if code
+)
+MAX_HOST_LENGTH = 253  # RFC 1035: a name of at most 253 characters, in labels of at most 63
+MAX_LABEL_LENGTH = 63
+
+
+class EndpointError(Exception):
+    """The endpoint can never be connected to; the message is a clause that says why."""
+
+
+def endpoint_problem(url: str) -> str | None:
+    """Why `url` can never be connected to, as a clause; None when it may work. No I/O."""
     try:
-        yield
-    except asyncio.CancelledError:
-        pass
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        return f"the endpoint URL cannot be parsed ({shown(str(exc))})"
+    if parts.scheme.lower() not in ("ws", "wss"):
+        scheme = shown(parts.scheme) if parts.scheme else "missing"
+        return f"its scheme is {scheme}, not ws or wss"
+    host = parts.hostname
+    if not host:
+        return "it has no host name"
+    return host_problem(host)
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` cannot be a host name or an IP address, as a clause; None when it can."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return None
+    if len(host) > MAX_HOST_LENGTH:
+        return f"its host name is {len(host):,} characters long (at most {MAX_HOST_LENGTH})"
+    for label in host.rstrip(".").split("."):
+        if not label:
+            return f"its host name {shown(host)} has an empty label (two dots in a row)"
+        if len(label) > MAX_LABEL_LENGTH:
+            return f"its host name has a label of {len(label):,} characters (at most {MAX_LABEL_LENGTH})"
+        odd = next((ch for ch in label if not (ch.isalnum() or ch in "-_")), None)
+        if odd is not None:
+            return f"its host name {shown(host)} contains {shown(odd)}, which no host name has"
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return f"its host name {shown(host)} is not a valid internationalised name"
+    return None
 
 
 def _is_loopback(url: str) -> bool:
@@ -103,12 +154,14 @@ class Connection:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         compression: str | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.url = url
         self.session = session
         self._sink = sink
         self.pulse = pulse
-        self.label = label or url
+        self._redact: Callable[[str], str] = redact or session.redact
+        self.label = label or shown(self._redact(url))  # masked before it is cut
         self.backoff_first = backoff_first
         self.backoff_max = backoff_max
         self.healthy_after = healthy_after
@@ -128,10 +181,12 @@ class Connection:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.retry_at: float | None = None  # wall time of the next attempt while waiting
-        self.attempts = 0
+        self.retry_delays: deque[float] = deque(maxlen=16)  # the recent waits before a new attempt (s), newest last
+        self.attempts = 0  # failed attempts since the last healthy connection: the backoff's exponent
         self._cooldowns = 0
-        self._ws = None
-        self._task: asyncio.Task | None = None
+        self._last_unexpected: str | None = None  # the unexpected error last logged with its traceback
+        self._ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -148,18 +203,23 @@ class Connection:
         self._task = asyncio.create_task(self._supervise(), name=f"stream:{self.label}")
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Close the socket and end the supervisor. Safe from any task, and more than once."""
+        """Close the socket and end the supervisor. Safe from any task, and more than once.
+
+        A caller cancelled while it waits here is cancelled still (the CancelledError propagates): the supervisor
+        has been told to end either way, and the state says STOPPED.
+        """
         self._stopping = True
         self._wake.set()
         task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            with _quiet_cancel():
-                await asyncio.wait({task}, timeout=grace)
-        self.state = ConnectionState.STOPPED
-        self.retry_at = None
-        self.connected_since = None
-        self.pulse.notify()
+        try:
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=grace)  # raises only when the caller itself is cancelled
+        finally:
+            self.state = ConnectionState.STOPPED
+            self.retry_at = None
+            self.connected_since = None
+            self.pulse.notify()
 
     def retry_now(self) -> None:
         """Skip the current backoff or cooldown wait (used when a tool asks to start again)."""
@@ -180,11 +240,19 @@ class Connection:
     # -- the supervisor ----------------------------------------------------------------------------------------
 
     def _backoff(self) -> float:
-        ceiling = min(self.backoff_max, self.backoff_first * (2 ** min(self.attempts, 16)))
+        """The wait before the next attempt: none for the first after a healthy period (a drop is usually a blip,
+        and the vendor's own client reconnects at once), then jittered doubling from backoff_first."""
+        if self.attempts == 0:
+            return 0.0
+        ceiling = min(self.backoff_max, self.backoff_first * (2 ** min(self.attempts - 1, 16)))
         return random.uniform(ceiling / 2, ceiling)
 
     async def _supervise(self) -> None:
         try:
+            problem = endpoint_problem(self._redact(self.url))  # the key in a query string changes nothing here
+            if problem is not None:
+                self._fail(problem)
+                return
             while not self._stopping:
                 healthy = await self._connect_once()
                 if self._stopping:
@@ -208,11 +276,15 @@ class Connection:
                     delay = self._backoff()
                     self.attempts += 1
                     self.state = ConnectionState.RECONNECTING
+                self.retry_delays.append(delay)
                 self.retry_at = time.time() + delay
                 self.pulse.notify()
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), delay)
+                else:
+                    await asyncio.sleep(0)  # still a point where stop() can end the loop
                 self.retry_at = None
                 self.reconnects += 1
         finally:
@@ -220,12 +292,21 @@ class Connection:
                 self.state = ConnectionState.STOPPED
             self.pulse.notify()
 
+    def _fail(self, problem: str) -> None:
+        """The endpoint can never work: FAILED at once, one log line, no retry (the caller returns)."""
+        self.state = ConnectionState.FAILED
+        reason = self._redact(problem)
+        now = time.time()
+        self.last_disconnect, self.last_disconnect_at = reason, now
+        self.last_error, self.last_error_at = reason, now
+        log.warning("stream %s: endpoint unusable, not retrying: %s", self.label, reason)
+
     async def _connect_once(self) -> bool:
         """One socket's life. Returns True when it streamed long enough to count as healthy."""
         self.state = ConnectionState.CONNECTING
         self.pulse.notify()
-        opened = None
-        reason = None
+        opened: float | None = None
+        reason: str | None = None
         try:
             async with connect(
                 self.url,
@@ -247,25 +328,12 @@ class Connection:
                 reason = await self._run_session(ws)
         except asyncio.CancelledError:
             raise
-        except ConnectionClosed as exc:
-            reason = _describe_close(exc)
-        except InvalidURI as exc:
-            reason = f"invalid endpoint URL: {exc}"
-            self.state = ConnectionState.FAILED
-        except InvalidStatus as exc:
-            code = exc.response.status_code
-            reason = f"the server refused the WebSocket upgrade (HTTP {code})"
-            if code == 404:
-                reason += "; check the endpoint path"
-        except InvalidHandshake as exc:
-            reason = f"WebSocket handshake failed: {exc}"
-        except TimeoutError:
-            reason = f"no answer within {self.open_timeout:g} s"
-        except OSError as exc:
-            reason = f"cannot connect: {exc.strerror or exc}"
-        except Exception as exc:  # never let the supervisor die silently
-            log.exception("stream %s: unexpected error", self.label)
-            reason = f"unexpected error: {type(exc).__name__}"
+        except Exception as exc:
+            try:
+                reason = self._describe_error(exc, opened is not None)
+            except EndpointError as bad:
+                reason = str(bad)
+                self.state = ConnectionState.FAILED
         finally:
             self._ws = None
             self.connected_since = None
@@ -273,14 +341,56 @@ class Connection:
             if warning is not None and reason and warning.describe() not in reason:
                 reason = f"{reason} after {warning.describe()}"
             self.session.connection_lost()
+        reason = self._redact(reason) if reason else reason
         self.last_disconnect = reason
         self.last_disconnect_at = time.time()
         if reason and not self._stopping:
             self.last_error, self.last_error_at = reason, time.time()
-            log.info("stream %s: disconnected: %s", self.label, reason)
+            if self.state == ConnectionState.FAILED:
+                log.warning("stream %s: endpoint unusable, not retrying: %s", self.label, reason)
+            else:
+                log.info("stream %s: disconnected: %s", self.label, reason)
         return opened is not None and time.monotonic() - opened >= self.healthy_after
 
-    async def _run_session(self, ws) -> str:
+    def _describe_error(self, exc: Exception, opened: bool) -> str:
+        """One clause for why a socket ended. Raises EndpointError (with the clause) when retrying cannot help:
+        the URL or host name is unusable, or, before this endpoint ever answered, the host does not resolve or
+        has no WebSocket at the path. After one success the same errors are a network blip and are retried."""
+        never_connected = not opened and self.connects == 0
+        if isinstance(exc, ConnectionClosed):
+            return _describe_close(exc)
+        if isinstance(exc, InvalidURI):
+            raise EndpointError("it is not a valid ws:// or wss:// URL")
+        if isinstance(exc, InvalidStatus):
+            code = exc.response.status_code
+            if code == 404 and never_connected:
+                raise EndpointError("the server has no WebSocket at its path (HTTP 404)")
+            return f"the server refused the WebSocket upgrade (HTTP {code})"
+        if isinstance(exc, InvalidHandshake):
+            return f"WebSocket handshake failed: {shown(self._redact(str(exc)), 160)}"
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self.open_timeout:g} s"
+        if isinstance(exc, socket.gaierror):
+            host = shown(urlsplit(self._redact(self.url)).hostname or "", 80)
+            if exc.errno in _NO_SUCH_HOST and never_connected:
+                raise EndpointError(f"its host {host} does not resolve ({exc.strerror or 'unknown host'})")
+            return f"cannot resolve {host}: {exc.strerror or exc}"
+        if isinstance(exc, OSError):
+            return f"cannot connect: {exc.strerror or exc}"
+        if isinstance(exc, ValueError) and not opened:
+            # Raised while opening: the idna codec on a bad host name ("label too long"), a port out of range.
+            raise EndpointError(f"it cannot be used ({shown(self._redact(str(exc)), 120)})")
+        return self._unexpected(exc)
+
+    def _unexpected(self, exc: Exception) -> str:
+        """Never let the supervisor die silently; a traceback once, not once per retry."""
+        kind = type(exc).__name__
+        if kind != self._last_unexpected:
+            self._last_unexpected = kind
+            log.error("stream %s: unexpected error", self.label, exc_info=exc)
+        return f"unexpected error: {kind}"
+
+    async def _run_session(self, ws: ClientConnection) -> str:
         session = self.session
         sink = self._sink
         session.connection_opened()
@@ -323,12 +433,12 @@ class Connection:
             elif frame.malformed:
                 self.pulse.notify()
 
-    async def _after_frame(self, ws, frame: Frame, recv_ns: int | None) -> str | None:
+    async def _after_frame(self, ws: ClientConnection, frame: Frame, recv_ns: int | None) -> str | None:
         """Slow path: a frame with status events (or any frame during auth)."""
         if recv_ns is not None and frame.raw is not None:
             self._sink(frame, recv_ns)
         session = self.session
-        for st in frame.statuses:
+        for st in frame.statuses:  # the session masked the key in them already
             if st.kind in (Status.SUCCESS, Status.CONNECTED):
                 log.debug("stream %s: %s", self.label, st.describe())
             else:
@@ -338,8 +448,9 @@ class Connection:
         self.pulse.notify()
         term = session.terminal
         if term is not None:
-            self.last_error, self.last_error_at = term.describe(), time.time()
-            return term.describe()
+            text = self._redact(term.describe())
+            self.last_error, self.last_error_at = text, time.time()
+            return text
         return None
 
 

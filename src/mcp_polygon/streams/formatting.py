@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain, repeat
 from operator import itemgetter
@@ -22,6 +24,16 @@ _NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?([eE][+-]?\d+)?$")
 _RELATIVE = re.compile(r"^(?:now)?\s*-\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|m|min|mins|h|hr|hrs|d|days?)$", re.IGNORECASE)
 _UNIT_S = {"ms": 1e-3, "s": 1, "sec": 1, "secs": 1, "m": 60, "min": 60, "mins": 60, "h": 3600, "hr": 3600}
 _UNIT_S |= {"hrs": 3600, "d": 86400, "day": 86400, "days": 86400}
+# Times beyond what a calendar can show (year 1 to 9999) are typing mistakes; refusing them early keeps every
+# later step (formatting, JSON's 64-bit integers) from failing on them.
+_MIN_NS = -62_135_596_800 * 1_000_000_000  # 0001-01-01T00:00:00Z
+_MAX_NS = 253_402_300_799 * 1_000_000_000  # 9999-12-31T23:59:59Z
+_ECHO_CHARS = 60
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, marked with '...': for echoing agent input or upstream text."""
+    return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
 
 
 def epoch_to_ns(value: float | int) -> int:
@@ -40,9 +52,19 @@ def epoch_to_ns(value: float | int) -> int:
 
 def parse_time_ns(value: str | int | float, name: str = "timestamp", now_ns: int | None = None) -> int:
     """ISO 8601, Unix seconds/ms/us/ns (by magnitude), 'now', or relative '-5m' / 'now-30s' / '-2h' -> Unix ns."""
+    ns = _parse_time_ns(value, name, now_ns)
+    if not _MIN_NS <= ns <= _MAX_NS:
+        raise TimeFormatError(
+            f"{name} {clip(repr(value), _ECHO_CHARS)} is not between the years 1 and 9999; pass a time such as "
+            "2025-01-02T14:30:00Z, Unix seconds like 1735828200, or -5m."
+        )
+    return ns
+
+
+def _parse_time_ns(value: str | int | float, name: str, now_ns: int | None) -> int:
     hint = (
-        f"{name} {value!r} is not a time; use ISO 8601 (2025-01-02T14:30:00Z; no zone means UTC), "
-        "Unix seconds, ms or ns (e.g. 1735828200), or relative to now like -5m, -30s, -2h, now."
+        f"{name} {clip(repr(value), _ECHO_CHARS)} is not a time; use ISO 8601 (2025-01-02T14:30:00Z; no zone means "
+        "UTC), Unix seconds, ms or ns (e.g. 1735828200), or relative to now like -5m, -30s, -2h, now."
     )
     if isinstance(value, bool):
         raise TimeFormatError(hint)
@@ -66,7 +88,10 @@ def parse_time_ns(value: str | int | float, name: str = "timestamp", now_ns: int
     rel = _RELATIVE.match(text)
     if rel:
         unit = rel.group(2).lower()
-        return now - int(float(rel.group(1)) * _UNIT_S[unit] * 1e9)
+        try:
+            return now - int(float(rel.group(1)) * _UNIT_S[unit] * 1e9)
+        except OverflowError:  # hundreds of digits: float infinity
+            raise TimeFormatError(hint) from None
     iso = text.replace(" ", "T", 1) if re.match(r"^\d{4}-\d{2}-\d{2} \d", text) else text
     if iso.endswith(("z", "Z")):
         iso = iso[:-1] + "+00:00"
@@ -85,7 +110,10 @@ def iso(ts_s: float | None, ms: bool = True) -> str:
     """Unix seconds -> '2025-01-02T14:30:00.123Z'."""
     if ts_s is None:
         return "-"
-    dt = datetime.fromtimestamp(ts_s, UTC)
+    try:
+        dt = datetime.fromtimestamp(ts_s, UTC)
+    except (OverflowError, ValueError, OSError):  # beyond the calendar: show the number rather than fail
+        return f"{ts_s} (Unix s)"
     text = dt.strftime("%Y-%m-%dT%H:%M:%S")
     if ms:
         text += f".{dt.microsecond // 1000:03d}"
@@ -176,31 +204,45 @@ def _values(events: list[dict], key: str) -> list:
         return [e.get(key) for e in events]
 
 
-def _by_event_type(rows: list[tuple[object, dict]]) -> dict[object, list[tuple[object, dict]]]:
-    """Rows grouped by `ev` (repr of non-string values), in order of first appearance."""
+def _event_keys(rows: Sequence[tuple[object, dict]]) -> list[object]:
+    """Each row's section key: its `ev` (the repr of a value that is not a string)."""
     evs = list(map(dict.get, map(_second, rows), repeat("ev")))
     if evs and type(evs[0]) is str and evs.count(evs[0]) == len(evs):
-        return {evs[0]: rows}  # the usual answer to a filtered read: one event type, no per-row loop
+        return evs  # the usual answer to a filtered read: one event type, no per-row loop
+    return [ev if isinstance(ev, str) else repr(ev) for ev in evs]
+
+
+def _by_event_type(rows: Sequence[tuple[object, dict]]) -> dict[object, Sequence[tuple[object, dict]]]:
+    """Rows grouped by `ev` (repr of non-string values), in order of first appearance."""
+    keys = _event_keys(rows)
+    if keys and keys.count(keys[0]) == len(keys):
+        return {keys[0]: rows}
     groups: dict[object, list[tuple[object, dict]]] = {}
-    for ev, row in zip(evs, rows, strict=True):
-        key = ev if isinstance(ev, str) else repr(ev)
+    for key, row in zip(keys, rows, strict=True):
         group = groups.get(key)
         if group is None:
             groups[key] = [row]
         else:
             group.append(row)
-    return groups
+    return dict(groups)
 
 
-def csv_sections(market: Market, rows: list[tuple[object, dict]], lead: str | None) -> list[str]:
-    """One CSV section per event type, in order of first appearance.
+@dataclass(frozen=True)
+class _Section:
+    """One event type's CSV: its title line, its header line and one line per row, in row order."""
 
-    rows: (lead value, event) pairs; `lead` names the first column (e.g. 'seq') or None for no lead column.
-    A section keeps only columns that have a value in at least one of its rows; fields the table does not know
-    are kept under their wire names, so nothing is lost. Formatting is column by column, so a 1,000-row answer
-    costs a few C-level passes per column instead of a Python call per cell.
-    """
-    lines: list[str] = []
+    key: object
+    title: str
+    header: str
+    rows: list[str]
+
+    @property
+    def lines(self) -> list[str]:
+        return [self.title, self.header, *self.rows]
+
+
+def _sections(market: Market, rows: Sequence[tuple[object, dict]], lead: str | None) -> list[_Section]:
+    sections: list[_Section] = []
     for ev, items in _by_event_type(rows).items():
         et = market.events.get(ev) if isinstance(ev, str) else None
         events = list(map(_second, items))
@@ -217,16 +259,93 @@ def csv_sections(market: Market, rows: list[tuple[object, dict]], lead: str | No
         if extras:  # fields the table does not know: keep them, in the order they first appear
             cols.extend((k, k) for k in dict.fromkeys(chain.from_iterable(events)) if k in extras)
         title = f"{ev} {et.title}" if et else f"{ev} (event type not in the {market.name} table)"
-        lines.append(f"# {title}: {len(items)} event{'s' if len(items) != 1 else ''}")
         header = [name for _, name in cols]
         columns = [_column(_values(events, wire)) for wire, _ in cols]
         if lead:
             header.insert(0, lead)
             columns.insert(0, _column([lv for lv, _ in items]))
-        lines.append(",".join(header))
-        lines.extend(map(",".join, zip(*columns, strict=True)))
-    return lines
+        sections.append(
+            _Section(
+                key=ev,
+                title=f"# {title}: {len(items)} event{'s' if len(items) != 1 else ''}",
+                header=",".join(header),
+                rows=list(map(",".join, zip(*columns, strict=True))),
+            )
+        )
+    return sections
 
 
-def json_events(events: list[dict]) -> str:
-    return orjson.dumps(events).decode()
+def csv_sections(market: Market, rows: Sequence[tuple[object, dict]], lead: str | None) -> list[str]:
+    """One CSV section per event type, in order of first appearance.
+
+    rows: (lead value, event) pairs; `lead` names the first column (e.g. 'seq') or None for no lead column.
+    A section keeps only columns that have a value in at least one of its rows; fields the table does not know
+    are kept under their wire names, so nothing is lost. Formatting is column by column, so a 1,000-row answer
+    costs a few C-level passes per column instead of a Python call per cell.
+    """
+    return [line for section in _sections(market, rows, lead) for line in section.lines]
+
+
+def joined_length(lines: list[str]) -> int:
+    """len("\n".join(lines)) without building the string."""
+    return sum(map(len, lines)) + max(0, len(lines) - 1)
+
+
+def csv_sections_within(
+    market: Market, rows: Sequence[tuple[object, dict]], lead: str | None, budget: int
+) -> tuple[list[str], int]:
+    """The CSV sections of the longest prefix of `rows` that fits in `budget` characters once its lines are
+    joined by newlines, and the length of that prefix (0 when not even the first row fits).
+
+    A prefix, not a sample: the caller can then continue exactly after the last row shown. One render when
+    everything fits; otherwise the full render prices every row, and the prefix is rendered once more (its
+    sections may lose columns, so it can only be shorter than priced; a check covers formatting quirks).
+    """
+    sections = _sections(market, rows, lead)
+    lines = [line for section in sections for line in section.lines]
+    if joined_length(lines) <= budget:
+        return lines, len(rows)
+    shown = _rows_within(sections, _event_keys(rows), budget)
+    while shown > 0:
+        lines = csv_sections(market, rows[:shown], lead)
+        length = joined_length(lines)
+        if length <= budget:
+            return lines, shown
+        shown -= max(1, -(-(length - budget) * shown // length))  # drop about as many rows as the overshoot
+    return [], 0
+
+
+def _rows_within(sections: list[_Section], keys: list[object], budget: int) -> int:
+    """How many leading rows fit in `budget`, priced by their lines in the full render (plus the title and
+    header of each section the moment its first row is taken)."""
+    by_key = {section.key: section for section in sections}
+    taken: dict[object, int] = {}
+    used = -1  # n lines are joined by n - 1 newlines
+    for i, key in enumerate(keys):
+        section = by_key[key]
+        n = taken.get(key)
+        if n is None:
+            n = 0
+            used += len(section.title) + len(section.header) + 2
+        used += len(section.rows[n]) + 1
+        taken[key] = n + 1
+        if used > budget:
+            return i
+    return len(keys)
+
+
+def json_items_within(items: list[dict], budget: int) -> int:
+    """How many leading `items` fit in `budget` characters as the elements of a JSON array (commas included).
+
+    Priced by their UTF-8 size, which is never less than their length in characters.
+    """
+    used = -1
+    for i, item in enumerate(items):
+        used += len(orjson.dumps(item)) + 1
+        if used > budget:
+            return i
+    return len(items)
+
+
+def json_events(value: object) -> str:
+    return orjson.dumps(value).decode()

@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from mcp_polygon.config import Settings
+from mcp_polygon.redaction import Redactor
 from mcp_polygon.streams import recorder as rec
 from mcp_polygon.streams.buffer import MessageBuffer, ReadResult
 from mcp_polygon.streams.connection import Connection, ConnectionState, Pulse
+from mcp_polygon.streams.formatting import clip
 from mcp_polygon.streams.markets import (
     MARKETS,
     ChannelError,
+    ChannelFilter,
     Market,
     Selector,
     check_limits,
@@ -39,13 +44,6 @@ RATE_WINDOW = 10  # seconds
 
 class StreamError(Exception):
     """A stream request that cannot be done; the message is one actionable sentence for the agent."""
-
-
-def redactor(api_key: str | None):
-    """A function that masks the API key in any text (an endpoint with ?apiKey=..., an echoed message)."""
-    if not api_key or len(api_key) < 4:
-        return lambda text: text
-    return lambda text: text.replace(api_key, "***") if isinstance(text, str) else text
 
 
 class StreamStats:
@@ -112,6 +110,126 @@ def resolve_endpoint(value: str, market: Market) -> str:
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
+# -- where the API key may go ------------------------------------------------------------------------------------
+# The protocol sends the key in its first message to whatever host the socket reaches, so the host is checked
+# before a connection exists: the configured POLYGON_WS_URL's host, the vendor's own feed hosts (wss:// only)
+# and loopback (the simulator, local testing). Nothing an agent passes can send it anywhere else.
+
+VENDOR_DOMAINS = ("massive.com", "polygon.io")  # the vendor's name, and its old one
+
+
+class Feed(StrEnum):
+    """The vendor's feeds, by the short names `endpoint` accepts."""
+
+    REALTIME = "realtime"
+    DELAYED = "delayed"
+    BUSINESS = "business"
+
+
+# On the vendor's domains each feed has its own host; elsewhere (the simulator, a proxy) the feeds are paths
+# under the configured URL: <url>/delayed/<market>, <url>/business/<market>.
+FEED_HOSTS = {Feed.REALTIME: "socket", Feed.DELAYED: "delayed", Feed.BUSINESS: "business"}
+VENDOR_FEED_HOSTS = frozenset(f"{FEED_HOSTS[feed]}.{domain}" for feed in Feed for domain in VENDOR_DOMAINS)
+FUTURES_EXCHANGES = ("cme", "cbot", "nymex", "comex")  # futures also stream one exchange: <url>/futures/<exchange>
+_FEED_NAMES = frozenset(feed.value for feed in Feed)
+_ECHO_CHARS = 100  # how much of a refused endpoint an error repeats
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").rstrip(".")
+
+
+@dataclass(frozen=True)
+class EndpointPolicy:
+    """Resolves the `endpoint` argument of start_<market>_stream to a URL the API key may be sent to."""
+
+    configured: str  # POLYGON_WS_URL: the default feed, and a host the operator chose
+    redact: Redactor  # a refused value is echoed masked, then clipped (clipping first could cut the key in two)
+
+    def default(self, market: Market) -> str:
+        return resolve_endpoint(self.configured, market)
+
+    def resolve(self, value: str | None, market: Market) -> str:
+        """The URL for `value`: none or blank -> the configured feed (every time, so nothing sticks); a short
+        name -> that feed; a URL -> itself, if its host may receive the key. Raises StreamError otherwise."""
+        text = (value or "").strip()
+        if not text:
+            return self.default(market)
+        named = self._named(text.lower(), market)
+        if named is not None:
+            return named
+        shown = clip(self.redact(text), _ECHO_CHARS)
+        if any(ch.isspace() or not ch.isprintable() for ch in text):
+            raise StreamError(f"endpoint '{shown}' contains whitespace or control characters; {self.choices(market)}.")
+        try:
+            url = resolve_endpoint(text, market)
+            parts = urlsplit(url)
+            _ = parts.port  # urlsplit checks the port only when it is read
+        except (StreamError, ValueError):
+            raise StreamError(f"endpoint '{shown}' is not a WebSocket URL; {self.choices(market)}.") from None
+        if parts.username is not None or parts.password is not None:
+            raise StreamError(f"endpoint '{shown}' carries a user name or password; {self.choices(market)}.")
+        self._check_host(parts.scheme, _host(url), shown, market)
+        return url
+
+    def _named(self, name: str, market: Market) -> str | None:
+        if name in _FEED_NAMES:
+            return self.feed_url(Feed(name), market, market.path)
+        if market.name == "futures" and name in FUTURES_EXCHANGES:
+            return self.feed_url(Feed.REALTIME, market, f"futures/{name}")
+        return None
+
+    def feed_url(self, feed: Feed, market: Market, path: str) -> str:
+        default = self.default(market)
+        if feed is Feed.REALTIME and path == market.path:
+            return default
+        base = urlsplit(default)
+        host = _host(default)
+        if host in VENDOR_FEED_HOSTS:
+            return f"wss://{FEED_HOSTS[feed]}.{host.partition('.')[2]}/{path}"
+        prefix = "" if feed is Feed.REALTIME else f"/{feed.value}"
+        return urlunsplit((base.scheme, base.netloc, f"{prefix}/{path}", base.query, ""))
+
+    def _check_host(self, scheme: str, host: str, shown: str, market: Market) -> None:
+        if is_loopback(host):
+            return
+        configured = urlsplit(self.default(market))
+        at_configured = host == _host(self.default(market))
+        if not at_configured and host not in VENDOR_FEED_HOSTS:
+            raise StreamError(
+                f"endpoint '{shown}' is not a host this server sends the API key to; {self.choices(market)}."
+            )
+        # ws:// only where the operator configured it: anywhere else off loopback the key would travel in clear.
+        if scheme != "wss" and not (at_configured and configured.scheme == scheme):
+            raise StreamError(
+                f"endpoint '{shown}' would send the API key unencrypted (ws://); off loopback use wss:// "
+                f"(e.g. wss://{host}/{market.path}), or {self.choices(market)}."
+            )
+
+    def choices(self, market: Market) -> str:
+        """The allowed values, as the second half of an error sentence."""
+        names = ", ".join(f"'{feed.value}'" for feed in Feed)
+        if market.name == "futures":
+            names += ", or an exchange: " + ", ".join(f"'{x}'" for x in FUTURES_EXCHANGES)
+        hosts = ", ".join(sorted(VENDOR_FEED_HOSTS))
+        configured = _host(self.default(market))
+        if configured not in VENDOR_FEED_HOSTS and not is_loopback(configured):
+            hosts = f"{configured} (configured), {hosts}"
+        return (
+            f"pass one of {names}; a wss:// URL on {hosts}; a ws:// URL on 127.0.0.1 or localhost for local "
+            f"testing; or omit endpoint for the configured feed {self.default(market)}"
+        )
+
+
 @dataclass
 class ChangeOutcome:
     """What a start/subscribe/unsubscribe call achieved, for the tool to report."""
@@ -126,8 +244,34 @@ class ChangeOutcome:
     auth: str = ""
     endpoint: str = ""
     already: bool = False  # nothing new: everything was subscribed before
+    switched_from: str | None = None  # the endpoint a running connection left for this call's endpoint
     error: str | None = None
     retry_at: float | None = None
+
+
+async def _tend_recording(recorder: rec.Recorder) -> None:
+    """While a stream runs: hand written lines to the OS every flush interval, frames or not (a quiet feed's last
+    events reach the disk; a kill -9 loses at most that interval), and retry a failed recording when it is due."""
+    while True:
+        await asyncio.sleep(recorder.flush_interval)
+        try:
+            recorder.tick()
+        except Exception:  # this task must outlive any surprise, or flushing would stop without a word
+            log.exception("recording upkeep failed for %s", recorder.directory)
+
+
+def _recording_fields(status: rec.RecordingStatus) -> dict[str, object]:
+    failure = status.failure
+    return {
+        "state": status.state.value,
+        "enabled": status.state is rec.RecordingState.ON,
+        "summary": status.describe(),
+        "directory": str(status.directory),
+        "bytes_written": status.bytes_written,
+        "error": failure.reason if failure else None,
+        "failed_at": failure.at if failure else None,
+        "retry_at": failure.retry_at if failure else None,
+    }
 
 
 class MarketStream:
@@ -144,12 +288,39 @@ class MarketStream:
         self.recorder: rec.Recorder | None = (
             rec.Recorder(self.record_dir, settings.record_max_bytes) if settings.record else None
         )
+        self.record_task: asyncio.Task[None] | None = None  # flushes and retries the recorder while started
         self.connection: Connection | None = None
         self.endpoint = resolve_endpoint(settings.ws_url, market)
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         self.lock = asyncio.Lock()
         self.connection_options: dict = {}
+
+    # -- recording ---------------------------------------------------------------------------------------------
+
+    def recording_status(self) -> rec.RecordingStatus:
+        """The one truth about this market's recording, for the status and replay tools alike."""
+        if self.recorder is None:
+            return rec.RecordingStatus(rec.RecordingState.OFF_BY_SETTING, self.record_dir)
+        return self.recorder.status()
+
+    def start_recording(self) -> None:
+        """At every stream start: retry a failed recording now, and tend the recorder while the stream runs."""
+        recorder = self.recorder
+        if recorder is None:
+            return
+        recorder.resume()
+        if self.record_task is None or self.record_task.done():
+            self.record_task = asyncio.create_task(_tend_recording(recorder), name=f"record-{self.market.name}")
+
+    async def stop_recording(self) -> None:
+        """Stop tending and close the open segment (flushed, named by its range): a clean stop loses nothing."""
+        task, self.record_task = self.record_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])  # (not `await task`: that would also swallow a cancellation of our own)
+        if self.recorder is not None:
+            self.recorder.close()
 
     # -- ingest (the hot path) ----------------------------------------------------------------------------------
 
@@ -211,7 +382,10 @@ class StreamManager:
         self.settings = settings
         self._streams: dict[str, MarketStream] = {}
         self._closed = False
-        self.redact = redactor(settings.api_key)
+        # The one redaction step for text leaving the streams: tools.py masks every answer and error with it, and
+        # StreamError messages that carry outside text (agent input, vendor messages, URLs) pass through it too.
+        self.redact = Redactor(settings.api_key)
+        self.endpoints = EndpointPolicy(settings.ws_url, self.redact)
         # Timeouts (seconds) for tool calls; the tests shorten nothing, these are the product's values.
         self.auth_wait = 10.0
         self.ack_wait = 3.0
@@ -231,11 +405,27 @@ class StreamManager:
             s = self._streams[market] = MarketStream(MARKETS[market], self.settings)
         return s
 
+    def refusal(self, text: str) -> StreamError:
+        """A StreamError for text that may carry outside words (agent input, vendor messages, URLs), masked."""
+        return StreamError(self.redact(text))
+
     def _channels(self, stream: MarketStream, channels) -> list[str]:
         try:
             return normalize_channels(stream.market, channels)
         except ChannelError as exc:
-            raise StreamError(self.redact(str(exc))) from None
+            raise self.refusal(str(exc)) from None
+
+    def _check_limits(self, stream: MarketStream, topics: list[str]) -> None:
+        try:
+            check_limits(stream.market, list({**stream.session.topics, **dict.fromkeys(topics)}))
+        except ChannelError as exc:
+            raise self.refusal(str(exc)) from None
+
+    def _filter(self, stream: MarketStream, channel_filter: str | list[str] | None) -> ChannelFilter:
+        try:
+            return parse_filter(stream.market, channel_filter)
+        except ChannelError as exc:
+            raise self.refusal(str(exc)) from None
 
     def _require_key(self) -> None:
         if not self.settings.api_key:
@@ -253,19 +443,14 @@ class StreamManager:
         stream = self.stream(market)
         topics = self._channels(stream, channels)
         self._require_key()
-        url = resolve_endpoint(endpoint, stream.market) if endpoint else None
+        url = self.endpoints.resolve(endpoint, stream.market)
         async with stream.lock:
-            try:
-                check_limits(stream.market, list({**stream.session.topics, **dict.fromkeys(topics)}))
-            except ChannelError as exc:
-                raise StreamError(str(exc)) from None
+            self._check_limits(stream, topics)
             conn = stream.connection
-            restart = False
-            if url is not None and url != stream.endpoint:
-                stream.endpoint = url
-                restart = True
-            elif endpoint is None and conn is None:
-                stream.endpoint = resolve_endpoint(self.settings.ws_url, stream.market)
+            # No endpoint means the configured feed every time: an earlier call's endpoint never sticks.
+            switched_from = stream.endpoint if conn is not None and conn.running and url != stream.endpoint else None
+            restart = url != stream.endpoint
+            stream.endpoint = url
             if conn is not None and (restart or not conn.running):
                 await conn.stop()
                 conn = stream.connection = None
@@ -274,6 +459,7 @@ class StreamManager:
                 t in stream.session.topics and stream.session.topics[t].state == "acknowledged" for t in topics
             )
             stream.session.subscribe(topics)
+            stream.start_recording()
             if conn is None:
                 if stream.session.auth is AuthState.FAILED:
                     stream.session.auth = AuthState.DISCONNECTED
@@ -290,19 +476,17 @@ class StreamManager:
             else:
                 await conn.flush()
         await self._wait_settled(stream, topics)
-        out = stream.outcome(topics, already=already)
-        out.endpoint = self.redact(out.endpoint)
+        out = stream.outcome(topics, already=already, switched_from=switched_from)
         if stream.session.auth is AuthState.FAILED or stream.state == ConnectionState.AUTH_FAILED:
-            raise StreamError(self.redact(self._auth_failed_text(stream)))
+            raise self.refusal(self._auth_failed_text(stream))
         if stream.state == ConnectionState.FAILED:
-            raise StreamError(
-                self.redact(
-                    f"Cannot use the {market} endpoint {stream.endpoint}: {conn.last_error}; "
-                    "pass a valid wss:// URL as endpoint."
-                )
+            raise self.refusal(
+                f"Cannot use the {market} endpoint {stream.endpoint}: "
+                f"{clip(self.redact(conn.last_error or 'no reason given'), 300)}; "
+                f"{self.endpoints.choices(stream.market)}."
             )
         if stream.session.auth is not AuthState.OK:
-            out.error = self.redact(conn.last_error)
+            out.error = conn.last_error
         return out
 
     def _auth_failed_text(self, stream: MarketStream) -> str:
@@ -311,7 +495,7 @@ class StreamManager:
         if stream.session.plan_lacks_websocket:
             return (
                 f'The {m} WebSocket refused the API key: "{msg}" - your plan has no WebSocket access for {m}; '
-                "upgrade the plan, try the 15-minute delayed feed (endpoint='wss://delayed.massive.com'), "
+                "upgrade the plan, try the 15-minute delayed feed (endpoint='delayed'), "
                 "or run the server with --simulate."
             )
         return (
@@ -347,14 +531,12 @@ class StreamManager:
         stream = self.stream(market)
         topics = self._channels(stream, channels)
         if not stream.active:
-            raise StreamError(
-                f"The {market} stream is not running; call start_{market}_stream(channels={topics!r}) instead."
+            shown = clip(self.redact(repr(topics)), 200)
+            raise self.refusal(
+                f"The {market} stream is not running; call start_{market}_stream(channels={shown}) instead."
             )
         async with stream.lock:
-            try:
-                check_limits(stream.market, list({**stream.session.topics, **dict.fromkeys(topics)}))
-            except ChannelError as exc:
-                raise StreamError(str(exc)) from None
+            self._check_limits(stream, topics)
             already = all(
                 t in stream.session.topics and stream.session.topics[t].state == "acknowledged" for t in topics
             )
@@ -397,8 +579,7 @@ class StreamManager:
             stream.session.connection_lost()
             if stream.session.auth is AuthState.FAILED:
                 stream.session.auth = AuthState.DISCONNECTED
-            if stream.recorder is not None:
-                stream.recorder.close()
+            await stream.stop_recording()
             stream.stopped_at = time.time()
             return was
 
@@ -410,9 +591,8 @@ class StreamManager:
         if conns:
             await asyncio.gather(*(c.stop() for c in conns), return_exceptions=True)
         for s in streams:
-            if s.recorder is not None:
-                with contextlib.suppress(Exception):
-                    s.recorder.close()
+            with contextlib.suppress(Exception):
+                await s.stop_recording()
 
     # -- reading -----------------------------------------------------------------------------------------------
 
@@ -426,10 +606,7 @@ class StreamManager:
         since_time: float | None = None,
     ) -> ReadResult:
         stream = self.stream(market)
-        try:
-            flt = parse_filter(stream.market, channel_filter)
-        except ChannelError as exc:
-            raise StreamError(str(exc)) from None
+        flt = self._filter(stream, channel_filter)
         return stream.buffer.read(
             limit, since_seq=since_seq, since_time=since_time, selector=Selector(stream.market, flt)
         )
@@ -444,10 +621,7 @@ class StreamManager:
         limit: int = 1000,
     ) -> rec.ReplayResult:
         stream = self.stream(market)
-        try:
-            flt = parse_filter(stream.market, channel_filter)
-        except ChannelError as exc:
-            raise StreamError(str(exc)) from None
+        flt = self._filter(stream, channel_filter)
         if stream.recorder is not None:
             stream.recorder.flush()
         return await asyncio.to_thread(
@@ -476,8 +650,9 @@ class StreamManager:
         return groups
 
     def status(self, market: str) -> dict:
-        """Everything an agent (or a benchmark) may want to know about one market's stream (key masked)."""
-        return _redact_tree(self._status(market), self.redact)
+        """Everything an agent (or a benchmark) may want to know about one market's stream. Raw: the texts may
+        carry outside words, so anything shown passes `self.redact` (the stream tools do it at their boundary)."""
+        return self._status(market)
 
     def _status(self, market: str) -> dict:
         stream = self.stream(market)
@@ -485,7 +660,6 @@ class StreamManager:
         session = stream.session
         buf = stream.buffer
         now = time.time()
-        recorder = stream.recorder
         errors = [(session.last_error_at, session.last_error)]
         if conn is not None:
             errors.append((conn.last_error_at, conn.last_error))
@@ -529,22 +703,7 @@ class StreamManager:
             "malformed_frames": session.malformed_frames,
             "malformed_events": session.malformed_events,
             "last_malformed": session.last_malformed,
-            "recording": {
-                "enabled": recorder is not None and recorder.enabled,
-                "directory": str(stream.record_dir),
-                "bytes_written": recorder.bytes_written if recorder else 0,
-                "error": recorder.error if recorder else None,
-            },
+            "recording": _recording_fields(stream.recording_status()),
             "started_at": stream.started_at,
             "stopped_at": stream.stopped_at,
         }
-
-
-def _redact_tree(value, redact):
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {redact(k) if isinstance(k, str) else k: _redact_tree(v, redact) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact_tree(v, redact) for v in value]
-    return value

@@ -8,9 +8,11 @@ A channel prefix equals the `ev` value of the events it delivers (`T.AAPL` -> ev
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import and_, eq
+from typing import Any
 
 import orjson
 
@@ -29,10 +31,19 @@ class EventType:
 
 
 @dataclass(frozen=True)
+class TickerForm:
+    """The vendor's symbol alphabet for one market: what a ticker may look like, and how to say so."""
+
+    pattern: re.Pattern[str]  # matched against the upper-cased ticker, whole
+    description: str  # "letters, digits and '.' (e.g. AAPL, BRK.A)": ends an error sentence
+
+
+@dataclass(frozen=True)
 class Market:
     name: str
     path: str  # appended to the feed host: wss://socket.massive.com/<path>
     ticker_example: str
+    ticker_form: TickerForm
     events: dict[str, EventType] = field(default_factory=dict)
 
     @property
@@ -139,8 +150,40 @@ FUTURES_AGG = (
 )
 
 
+# Ticker forms per market, from the vendor's WebSocket document (specs/massive_websocket_openapi.json: the `ticker`
+# parameter's pattern and examples of every channel) and widened only where real symbols need it: share classes
+# (BRK.A), the "O:"/"I:" prefixes the document's examples carry, the REST spellings FMV events use (C:EURUSD,
+# X:BTC-USD), and futures contracts (ESZ5), which the document does not cover. Nothing else reaches the vendor: a
+# quote, brace, space or non-ASCII letter in a channel is an agent's mistake, never a symbol.
+MAX_TICKER_LENGTH = 40  # the longest real symbol (an option contract, O: + 6 + 15) has 23 characters
+TICKER_FORMS: dict[str, TickerForm] = {
+    "stocks": TickerForm(
+        re.compile(r"[A-Z][A-Z0-9]*(?:\.[A-Z0-9]+)*"),
+        "letters and digits, with '.' before a share class (e.g. AAPL, BRK.A)",
+    ),
+    "options": TickerForm(
+        re.compile(r"O:[A-Z0-9]{1,6}[0-9]{6}[CP][0-9]{8}"),
+        "O:<underlying><YYMMDD><C or P><strike x 1000 as 8 digits> (e.g. O:SPY251219C00650000)",
+    ),
+    "futures": TickerForm(re.compile(r"[A-Z][A-Z0-9]*"), "letters and digits starting with a letter (e.g. ESZ5, ES)"),
+    "indices": TickerForm(re.compile(r"I:[A-Z0-9][A-Z0-9._-]*"), "I: then letters and digits (e.g. I:SPX)"),
+    "forex": TickerForm(
+        re.compile(r"(?:C:)?[A-Z]{3}[/-]?[A-Z]{3}"), "two 3-letter currency codes as BASE/QUOTE (e.g. EUR/USD, EUR-USD)"
+    ),
+    "crypto": TickerForm(
+        re.compile(r"(?:X:)?[A-Z0-9]+-[A-Z0-9]+"), "two currency codes as BASE-QUOTE (e.g. BTC-USD, ETH-USDT)"
+    ),
+}
+
+
 def _market(name: str, example: str, *events: EventType, path: str | None = None) -> Market:
-    return Market(name=name, path=path or name, ticker_example=example, events={e.prefix: e for e in events})
+    return Market(
+        name=name,
+        path=path or name,
+        ticker_example=example,
+        ticker_form=TICKER_FORMS[name],
+        events={e.prefix: e for e in events},
+    )
 
 
 MARKETS: dict[str, Market] = {
@@ -346,10 +389,47 @@ def _split_items(items: str | list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
+PREVIEW_LENGTH = 40  # characters of a bad channel quoted back; a 1 MB name must not come back 1 MB
+
+
+def shown(text: str, limit: int = PREVIEW_LENGTH) -> str:
+    """`text` quoted for an error sentence: control characters escaped, cut at `limit` with its full length said."""
+    head = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[:limit])
+    return f"'{head}...' ({len(text):,} characters)" if len(text) > limit else f"'{head}'"
+
+
+def _odd_character(ticker: str) -> str | None:
+    """The first character no vendor symbol has, described so that a look-alike (a Cyrillic А) is visible."""
+    for ch in ticker:
+        if ch.isascii() and (ch.isalnum() or ch in ".:-/"):
+            continue
+        if ch.isspace():
+            return f"whitespace (U+{ord(ch):04X})"
+        if not ch.isprintable():
+            return f"the control character U+{ord(ch):04X}"
+        if not ch.isascii():
+            return f"'{ch}' (U+{ord(ch):04X}, not ASCII)"
+        return f"'{ch}'"
+    return None
+
+
+def ticker_problem(market: Market, ticker: str) -> str | None:
+    """Why `ticker` (already upper-cased) is not a symbol of `market`, as a clause; None when it is one."""
+    if len(ticker) > MAX_TICKER_LENGTH:
+        return f"the ticker is {len(ticker):,} characters long (at most {MAX_TICKER_LENGTH})"
+    odd = _odd_character(ticker)
+    if odd is not None:
+        return f"the ticker contains {odd}, which no symbol has"
+    if market.ticker_form.pattern.fullmatch(ticker) is None:
+        return f"{shown(ticker)} does not have the form of a {market.name} ticker"
+    return None
+
+
 def normalize_channels(market: Market, channels: str | list[str] | tuple[str, ...]) -> list[str]:
     """Validate subscription strings like `T.AAPL` / `Q.*` for `market`; return them deduplicated, in order.
 
-    Raises ChannelError naming the valid prefixes; nothing is sent for an invalid list.
+    Raises ChannelError naming the bad channel (cut short when huge) and the valid form with an example; nothing
+    is sent for an invalid list.
     """
     items = _split_items(channels)
     if not items:
@@ -364,23 +444,30 @@ def normalize_channels(market: Market, channels: str | list[str] | tuple[str, ..
         ticker = ticker.strip().upper()
         if prefix not in market.events:
             raise ChannelError(
-                f"'{item}' is not a {market.name} channel; valid {market.name} prefixes: "
+                f"{shown(item)} is not a {market.name} channel; valid {market.name} prefixes: "
                 f"{valid_prefixes_text(market)} - written <PREFIX>.<ticker>, e.g. "
                 f"{market.prefixes[0]}.{market.ticker_example}."
             )
         if not dot or not ticker:
             raise ChannelError(
-                f"'{item}' has no ticker; write {prefix}.<ticker> (e.g. {prefix}.{market.ticker_example}) "
+                f"{shown(item)} has no ticker; write {prefix}.<ticker> (e.g. {prefix}.{market.ticker_example}) "
                 f"or {prefix}.* for every ticker."
             )
-        if any(ch.isspace() for ch in ticker):
-            raise ChannelError(f"'{item}' contains whitespace; tickers have none.")
         et = market.events[prefix]
-        if ticker == "*" and not et.wildcard:
-            raise ChannelError(
-                f"{market.name} {prefix} ({et.title}) does not allow '*'; subscribe to specific tickers "
-                f"(at most {et.max_tickers}), e.g. {prefix}.{market.ticker_example}."
-            )
+        if ticker == "*":
+            if not et.wildcard:
+                raise ChannelError(
+                    f"{market.name} {prefix} ({et.title}) does not allow '*'; subscribe to specific tickers "
+                    f"(at most {et.max_tickers}), e.g. {prefix}.{market.ticker_example}."
+                )
+        else:
+            problem = ticker_problem(market, ticker)
+            if problem is not None:
+                raise ChannelError(
+                    f"{shown(item)} is not a valid {market.name} channel: {problem}; {market.name} tickers are "
+                    f"{market.ticker_form.description}, written {prefix}.{market.ticker_example}, "
+                    f"or {prefix}.* for every ticker."
+                )
         out[f"{prefix}.{ticker}"] = None
     return list(out)
 
@@ -429,6 +516,8 @@ def _plain(ticker: str) -> bool:
 
 
 def parse_filter(market: Market, raw: str | list[str] | None) -> ChannelFilter:
+    """Parse a channel_filter (`T.AAPL`, `T.*` or `T`, `*.AAPL`, `*`; comma separated). Raises ChannelError naming
+    the bad term and the valid forms: a term that can match nothing is refused, never silently kept."""
     if raw is None:
         return ChannelFilter(all_events=True)
     items = _split_items(raw)
@@ -437,28 +526,45 @@ def parse_filter(market: Market, raw: str | list[str] | None) -> ChannelFilter:
     prefixes: set[str] = set()
     tickers: set[str] = set()
     pairs: set[tuple[str, str]] = set()
+    forms = f"forms: {market.prefixes[0]}.{market.ticker_example}, {market.prefixes[0]}.*, *.{market.ticker_example}"
     for item in items:
         prefix, dot, ticker = item.partition(".")
-        prefix = prefix.upper()
-        ticker = ticker.upper() if dot else "*"
+        prefix = prefix.strip().upper()
+        ticker = ticker.strip().upper() if dot else "*"
+        if prefix != "*" and prefix not in market.events:
+            raise ChannelError(
+                f"channel_filter {shown(item)} names no {market.name} event type; valid {market.name} prefixes: "
+                f"{', '.join(market.prefixes)} ({forms})."
+            )
+        if not ticker:
+            raise ChannelError(
+                f"channel_filter {shown(item)} has nothing after the dot, so it would match no event; "
+                f"write {prefix}.<ticker> or {prefix}.* ({forms})."
+            )
+        if ticker != "*":
+            problem = ticker_problem(market, ticker)
+            if problem is not None:
+                raise ChannelError(
+                    f"channel_filter {shown(item)} can match no event: {problem}; {market.name} tickers are "
+                    f"{market.ticker_form.description} ({forms})."
+                )
         if prefix == "*":
             if ticker == "*":
                 return ChannelFilter(all_events=True)
             tickers.add(ticker)
-            continue
-        if prefix not in market.events:
-            raise ChannelError(
-                f"channel_filter '{item}' names no {market.name} event type; valid {market.name} prefixes: "
-                f"{', '.join(market.prefixes)} (forms: T.AAPL, T.*, *.AAPL)."
-            )
-        if ticker == "*":
+        elif ticker == "*":
             prefixes.add(prefix)
         else:
             pairs.add((prefix, ticker))
     return ChannelFilter(prefixes=frozenset(prefixes), tickers=frozenset(tickers), pairs=frozenset(pairs))
 
 
-def make_matcher(market: Market, flt: ChannelFilter):
+Event = dict[str, Any]  # one decoded vendor event
+Matcher = Callable[[Event], bool]
+IndexKey = tuple[str | None, str | None]  # (ev, ticker) of a decoded event; None where it is not a string
+
+
+def make_matcher(market: Market, flt: ChannelFilter) -> Matcher | None:
     """A fast predicate over decoded events for `flt`, or None when every event matches."""
     if flt.is_all:
         return None
@@ -466,7 +572,7 @@ def make_matcher(market: Market, flt: ChannelFilter):
     prefixes, tickers, pairs = flt.prefixes, flt.tickers, flt.pairs
     need_ticker = bool(tickers or pairs)
 
-    def match(event: dict) -> bool:
+    def match(event: Event) -> bool:
         ev = event.get("ev")
         if type(ev) is not str:  # (a list would not even hash); the protocol drops such events before the buffer
             return False
@@ -482,14 +588,14 @@ def make_matcher(market: Market, flt: ChannelFilter):
     return match
 
 
-def build_index(events: list, keymap: dict[str, str]) -> dict[tuple, list[int]]:
+def build_index(events: list[Event], keymap: dict[str, str]) -> dict[IndexKey, list[int]]:
     """(ev, ticker) -> positions of one decoded frame; lets repeated filtered reads skip non-matching events."""
-    index: dict[tuple, list[int]] = {}
+    index: dict[IndexKey, list[int]] = {}
     for k, e in enumerate(events):
         ev = e.get("ev")
         if type(ev) is not str:
             ev = None
-        tk = e.get(keymap.get(ev, "sym"))
+        tk = e.get(keymap.get(ev, "sym"))  # type: ignore[arg-type]  # None finds the default, as it should
         if type(tk) is not str:
             tk = None
         ks = index.get((ev, tk))
@@ -530,12 +636,13 @@ class Selector:
         self.single = next(iter(flt.pairs)) if only_one else None  # the common `T.AAPL` case
         self._single_key = self.keymap.get(self.single[0], "sym") if self.single is not None else None
         # pick(): the start of an event of the wanted type, and the ticker's bytes (plain names only, as needles).
-        self._ev_start = self._ticker_needle = None
+        self._ev_start: re.Pattern[bytes] | None = None
+        self._ticker_needle: bytes | None = None
         if self.single is not None and self.needles is not None and _plain(self.single[0]):
             self._ev_start = re.compile(re.escape(_EV_START + self.single[0].encode() + b'"'))
             self._ticker_needle = self.needles[0]
 
-    def pick(self, raw: bytes, count: int, skip: int = 0) -> tuple[dict[int, dict], list[int]] | None:
+    def pick(self, raw: bytes, count: int, skip: int = 0) -> tuple[dict[int, Event], list[int]] | None:
         """({position: event}, positions) of the matching events >= skip of a raw frame, decoding only those
         whose bytes can match; None when the frame's layout does not allow it (then decode it all).
 
@@ -549,13 +656,14 @@ class Selector:
         events are valid JSON but whose other bytes are not yields those events here, where decoding it whole
         yields none (the protocol only lets such a frame through if the vendor sends broken JSON).
         """
-        if self._ev_start is None or raw[-1:] != b"]":
+        ev_start, needle, single = self._ev_start, self._ticker_needle, self.single
+        if ev_start is None or needle is None or single is None or raw[-1:] != b"]":
             return None
-        needle, key = self._ticker_needle, self._single_key
-        ev, ticker = self.single
-        found: dict[int, dict] = {}
+        key = self._single_key
+        ev, ticker = single
+        found: dict[int, Event] = {}
         k, counted_to, last = 0, 0, len(raw) - 1
-        for m in self._ev_start.finditer(raw):
+        for m in ev_start.finditer(raw):
             start = m.start()
             end = raw.find(_EV_START, m.end())
             end = end - 1 if end > 0 else last  # drop the `,` before the next event, or the closing `]`
@@ -579,7 +687,7 @@ class Selector:
             return None
         return found, list(found)
 
-    def scan(self, events: list[dict], skip: int = 0) -> list[int]:
+    def scan(self, events: list[Event], skip: int = 0) -> list[int]:
         """Positions >= skip of the matching events of a decoded frame (dicts only), ascending.
 
         The single `T.AAPL` case compares the `ev` and ticker columns with map/compress, all in C: a Python call
@@ -587,14 +695,17 @@ class Selector:
         """
         if self.single is None:
             match = self.match
+            if match is None:  # no filter: every event
+                return list(range(skip, len(events)))
             return [k for k in range(skip, len(events)) if match(events[k])]
         part = events[skip:] if skip else events
         ev, ticker = self.single
+        key = self._single_key or "sym"
         evs = map(eq, map(dict.get, part, repeat("ev")), repeat(ev))  # == on JSON values is always a bool
-        tks = map(eq, map(dict.get, part, repeat(self._single_key)), repeat(ticker))
+        tks = map(eq, map(dict.get, part, repeat(key)), repeat(ticker))
         return list(compress(range(skip, skip + len(part)), map(and_, evs, tks)))
 
-    def positions(self, index: dict[tuple, list[int]]) -> list[int]:
+    def positions(self, index: dict[IndexKey, list[int]]) -> list[int]:
         """Positions of matching events in a frame, ascending, from its index."""
         if self.single is not None:
             return index.get(self.single, [])

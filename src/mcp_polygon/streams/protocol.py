@@ -12,18 +12,24 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
+
+from mcp_polygon.redaction import Redactor
 
 _loads = orjson.loads
 _dumps = orjson.dumps
 _get_ev = itemgetter("ev")
-# `"ev":"<type>"` in a compact frame; the fast path counts event types with it, without decoding.
-_EV_FIND = re.compile(rb'"ev":"([^"\\]*)"').findall
+# The fast path reads a compact frame's event types without decoding it. Every event the vendor (and orjson)
+# writes starts with `{"ev":"<type>"`: the first right after the array's `[`, every other right after the previous
+# event's `},`. See ProtocolSession.receive for why counting these is exact.
+_FIRST_EV = re.compile(rb'\[\{"ev":"([^"\\]*)"').match
+_NEXT_EVS = re.compile(rb'\},\{"ev":"([^"\\]*)"').findall
+PREVIEW_WINDOW = 4096  # characters of a malformed frame masked before its first 60 are quoted
 
 SUBSCRIBE_CHUNK = 500  # topics per subscribe/unsubscribe message
 
@@ -60,7 +66,7 @@ class StatusEvent:
         return f"{self.status}: {self.message}" if self.message else self.status
 
 
-def classify(event: dict) -> StatusEvent:
+def classify(event: dict[str, Any]) -> StatusEvent:
     """Classify one `{"ev": "status", ...}` event. Never raises, whatever the event holds."""
     raw_status = event.get("status")
     status = raw_status.strip().lower() if isinstance(raw_status, str) else ""
@@ -70,7 +76,7 @@ def classify(event: dict) -> StatusEvent:
     display = status or str(raw_status or "")
     plan = "websocket access" in lower or "plan doesn't include" in lower or "plan does not include" in lower
 
-    def make(kind: Status, **kw) -> StatusEvent:
+    def make(kind: Status, **kw: Any) -> StatusEvent:
         return StatusEvent(kind, display, message, **kw)
 
     if status in ("connected",):
@@ -109,8 +115,8 @@ class Frame(NamedTuple):
     """
 
     raw: bytes | None
-    count: int
-    counts: Counter | None  # data events per `ev` (keys are bytes on the fast path, str on the slow path)
+    count: int  # type: ignore[assignment]  # shadows tuple.count; every caller reads the field
+    counts: Counter[Any] | None  # data events per `ev` (keys are bytes on the fast path, str on the slow path)
     statuses: list[StatusEvent]
     malformed: str | None  # why (part of) the frame was dropped, when it was
 
@@ -142,6 +148,7 @@ class ProtocolSession:
 
     def __init__(self, api_key: str | None) -> None:
         self._key = api_key or ""
+        self.redact = Redactor(api_key)  # masks the key in everything the vendor says back
         self.auth = AuthState.DISCONNECTED
         self.auth_message: str | None = None  # the server's last auth-related message
         self.plan_lacks_websocket = False
@@ -155,7 +162,7 @@ class ProtocolSession:
         self.last_error_at: float | None = None
         self.warning: StatusEvent | None = None  # slow_consumer / force_disconnect / terminal, on this socket
         self.history: deque[tuple[float, StatusEvent]] = deque(maxlen=50)
-        self.status_counts: Counter = Counter()
+        self.status_counts: Counter[str] = Counter()
         self.malformed_frames = 0
         self.malformed_events = 0
         self.last_malformed: str | None = None
@@ -257,31 +264,46 @@ class ProtocolSession:
     def receive(self, data: bytes | str) -> Frame:
         """Classify one frame. Status events update the session; data events come back as raw bytes + counts.
 
-        Fast path (a frame of data events only, the firehose case): no JSON decoding at all. A regex counts the
-        `"ev":"X"` keys per event type (C speed), and two cross-checks route anything unusual to the slow path:
-        the number of `"ev"` keys must equal the number of `"ev":"X"` matches (catches whitespace variants and
-        non-string types) and no `status` event may be among them. Frames that fail a check are decoded with
-        orjson (slow path), cleaned of malformed entries and re-encoded.
+        What is counted is what a reader can decode: `count` is exactly the number of top-level objects with a
+        string `ev`, and anything else in the frame (an object without `ev`, a number, a nested array) is counted
+        as malformed and left out of `raw`.
+
+        Fast path (a frame of data events only, the firehose case): no JSON decoding. Two regexes read the event
+        types (C speed) where the frame holds `[{"ev":"X"` at its start and `},{"ev":"X"` between events; the
+        frame is taken as it is only when it is ASCII, has no newline, ends with `}]` and holds exactly as many
+        `{` and as many `"ev"` as there are such event starts. In valid JSON that proves the count: a `{` cannot
+        be followed by `"ev":"` inside a string, so every `{` is an object whose first key is `ev` with a string
+        value, and each of them either opens the top-level array or directly follows a sibling object; walking
+        back along those siblings always reaches the first element, so every object is a top-level element, the
+        elements are exactly these objects (the frame ends with one), and none has a second `ev` key. An
+        `ev`-less object, a nested `ev`, a non-object element, whitespace, escapes or a status event each break
+        one of the equalities and send the frame to the slow path, which decodes it with orjson, drops and counts
+        malformed entries and re-encodes what is left. Non-ASCII frames take the slow path too, so invalid UTF-8
+        is caught here rather than at read time; other invalid JSON inside an ASCII `[{...}]` frame (a bare
+        `1.2.3`, say) is still only found when a reader decodes it, as decoding every frame would halve ingest.
         """
         if type(data) is not bytes:
             data = data.encode() if isinstance(data, str) else bytes(data)
-        if data.startswith(b"[{") and data.endswith(b"}]"):
-            evs = _EV_FIND(data)
-            n = len(evs)
-            if n and data.count(b'"ev"') == n and b"\n" not in data:
+        first = _FIRST_EV(data)
+        if first is not None and data.endswith(b"}]") and data.isascii() and b"\n" not in data:
+            evs = _NEXT_EVS(data)
+            n = len(evs) + 1
+            if data.count(b"{") == n and data.count(b'"ev"') == n:
                 counts = Counter(evs)
+                counts[first.group(1)] += 1
                 if b"status" not in counts:
                     return Frame(data, n, counts, _NO_STATUS, None)
         return self._receive_slow(data)
 
-    def _receive_slow(self, data: bytes) -> Frame:
+    def _receive_slow(self, received: bytes) -> Frame:
         try:
-            events = _loads(data)
+            events = _loads(received)
         except orjson.JSONDecodeError:
-            return self._malformed_frame("not JSON", data)
+            return self._malformed_frame("not JSON", received)
+        data: bytes | None = received  # None once the events differ from these bytes: re-encoded at the end
         if type(events) is not list:
             if type(events) is not dict:
-                return self._malformed_frame(f"a JSON {type(events).__name__}, not an array", data)
+                return self._malformed_frame(f"a JSON {type(events).__name__}, not an array", received)
             events = [events]
             data = None
         malformed = None
@@ -312,11 +334,24 @@ class ProtocolSession:
 
     def _malformed_frame(self, why: str, data: bytes) -> Frame:
         self.malformed_frames += 1
-        preview = data[:60].decode("utf-8", "replace")
+        # Masked before it is cut, so that a key echoed across the cut cannot show half of itself.
+        preview = self.redact(data[:PREVIEW_WINDOW].decode("utf-8", "replace"))[:60]
         self.last_malformed = f"frame dropped: {why} ({preview!r}{'...' if len(data) > 60 else ''})"
         return Frame(None, 0, None, _NO_STATUS, self.last_malformed)
 
-    def _handle(self, st: StatusEvent) -> StatusEvent:
+    def _masked(self, st: StatusEvent) -> StatusEvent:
+        """The status event with the API key masked: a vendor that echoes what it was sent must not put the key
+        into a log line, last_error, the status history or a topic's rejection reason."""
+        redact = self.redact
+        if not redact.active:
+            return st
+        status, message = redact(st.status), redact(st.message)
+        if status == st.status and message == st.message:
+            return st
+        return replace(st, status=status, message=message, topics=tuple(map(redact, st.topics)))
+
+    def _handle(self, raw: StatusEvent) -> StatusEvent:
+        st = self._masked(raw)
         now = time.time()
         self.last_status = st
         self.history.append((now, st))
@@ -368,6 +403,6 @@ class ProtocolSession:
             ts.state, ts.reason, ts.since = "rejected", reason, time.time()
 
 
-def _clean(events: list) -> tuple[list[dict], int]:
+def _clean(events: list[Any]) -> tuple[list[dict[str, Any]], int]:
     clean = [e for e in events if type(e) is dict and type(e.get("ev")) is str]
     return clean, len(events) - len(clean)

@@ -10,30 +10,102 @@ recorded event has a unique time and a replay can continue exactly after the las
 The file names carry each segment's time range: a replay opens only the segments that overlap its window
 and binary-searches inside each by seeking (lines start with their time), so it never reads a whole day
 to return one minute. Retention: when a market's recordings exceed max_bytes, the oldest closed segments
-are deleted. Nothing here holds the stream up: writes go to a buffered file and are flushed about once a
-second; any OS error turns recording off (surfaced in the stream status) instead of failing the reader.
+are deleted.
+
+Durability: writes go to a buffered file; `tick()`, called about once a second by the stream manager whether or
+not frames arrive, hands them to the OS, so a kill -9 loses at most the last second and a clean close loses
+nothing. Nothing here holds the stream up: an OS error turns recording FAILED (one typed state, shown by every
+tool) instead of failing the reader, and it is retried at the next stream start and every retry_interval.
+
+Replay trusts nothing it reads: a line that does not parse, or whose time falls outside its segment's named range
+or breaks the segment's increasing order, is skipped and counted, never taken for the end of the data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
+
+from mcp_polygon.streams.formatting import iso
 
 log = logging.getLogger(__name__)
 
 _loads = orjson.loads
 _NAME = re.compile(r"^(\d{1,20})-(?:(\d{1,20})|open)-(\d+)\.jsonl$")
 DEFAULT_SEGMENT_BYTES = 8 << 20
+DEFAULT_FLUSH_INTERVAL = 1.0  # seconds: the most a kill -9 can lose
+DEFAULT_RETRY_INTERVAL = 30.0  # seconds between attempts to record again after a failure, while streaming
 _BISECT_MIN = 64 << 10  # below this many bytes, scan instead of bisecting
 _TAIL = 1 << 16
 _DICT_ONLY = {dict}
+_LOOKAHEAD = 4  # lines read ahead to tell a damaged (too large) time from the real end of a window
+_CORRUPT = -1  # the stamp _judged_lines gives a line it rejects
+
+Event = dict[str, object]
+Opener = Callable[[Path], BinaryIO]
+Clock = Callable[[], float]
+
+
+def open_for_append(path: Path) -> BinaryIO:
+    """The file a segment is written to: kept open across writes, with a large buffer (one syscall per MB)."""
+    return open(path, "ab", buffering=1 << 20)
+
+
+# -- state ------------------------------------------------------------------------------------------------------
+
+
+class RecordingState(StrEnum):
+    ON = "on"
+    OFF_BY_SETTING = "off_by_setting"  # POLYGON_RECORD=false: there is no recorder
+    FAILED = "failed"  # an OS error stopped it; retried at the next start and every retry_interval
+
+
+@dataclass(frozen=True)
+class RecordingFailure:
+    """Why recording stopped and when it is tried again."""
+
+    reason: str  # the OS error and the path it hit, e.g. "No space left on device (/data/stocks/...jsonl)"
+    at: float  # Unix time of the failure
+    retry_at: float  # Unix time of the next periodic attempt while the stream runs
+    retry_every: float  # seconds
+
+
+@dataclass(frozen=True)
+class RecordingStatus:
+    """The one truth about a market's recording, for the status and replay tools alike."""
+
+    state: RecordingState
+    directory: Path
+    bytes_written: int = 0
+    failure: RecordingFailure | None = None
+
+    def describe(self) -> str:
+        """One phrase for agents: what the recording is doing and, after a failure, what happens next."""
+        failure = self.failure
+        if self.state is RecordingState.OFF_BY_SETTING:
+            return "off (POLYGON_RECORD=false)"
+        if failure is None:
+            return f"on ({self.bytes_written / 1e6:.1f} MB written this run) in {self.directory}"
+        return (
+            f"OFF since {iso(failure.at, ms=False)} after an error: {failure.reason}; events received since then "
+            f"are not on disk - it is retried at the next stream start and every {failure.retry_every:g} s while "
+            "streaming; fix the cause (disk space, permissions or POLYGON_DATA_DIR)"
+        )
+
+
+# -- segments ---------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -114,19 +186,28 @@ def _last_line_ns(path: Path, size: int) -> int | None:
     return None
 
 
+def _seal(path: Path, first_ns: int, pid: int) -> None:
+    """Give an open segment its closed name, with the last time its complete lines hold (an empty one goes)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return
+    last = _last_line_ns(path, size)
+    with contextlib.suppress(OSError):
+        if last is None:
+            path.unlink()
+        else:
+            path.rename(path.with_name(f"{first_ns:020d}-{last:020d}-{pid}.jsonl"))
+
+
 def _finalize_orphans(directory: Path) -> None:
     """Close segments left open by processes that are gone (crash, kill -9): rename them with their last time."""
     for seg in list_segments(directory):
-        if seg.closed or _pid_alive(seg.pid):
-            continue
-        last = _last_line_ns(seg.path, seg.size)
-        try:
-            if last is None:
-                seg.path.unlink()
-            else:
-                seg.path.rename(seg.path.with_name(f"{seg.first_ns:020d}-{last:020d}-{seg.pid}.jsonl"))
-        except OSError:
-            pass
+        if not seg.closed and not _pid_alive(seg.pid):
+            _seal(seg.path, seg.first_ns, seg.pid)
+
+
+# -- writing ----------------------------------------------------------------------------------------------------
 
 
 class Recorder:
@@ -138,20 +219,26 @@ class Recorder:
         max_bytes: int,
         *,
         segment_bytes: int | None = None,
-        flush_interval: float = 1.0,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        retry_interval: float = DEFAULT_RETRY_INTERVAL,
+        opener: Opener = open_for_append,
+        clock: Clock = time.time,
     ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes or max(64 << 10, min(DEFAULT_SEGMENT_BYTES, max_bytes // 8))
         self._flush_ns = int(flush_interval * 1e9)
-        self._file = None
+        self.retry_interval = retry_interval
+        self.opener = opener
+        self.clock = clock
+        self._file: BinaryIO | None = None
         self._path: Path | None = None
         self._first_ns = 0
         self._last_ns = 0
         self._next_ns = 0  # every stamp written from now on is >= this
         self._size = 0
         self._last_flush = 0
-        self.error: str | None = None
+        self._failure: RecordingFailure | None = None
         self.frames_written = 0
         self.events_written = 0
         self.bytes_written = 0
@@ -159,29 +246,85 @@ class Recorder:
         self._prepared = False
 
     @property
+    def flush_interval(self) -> float:
+        """Seconds: the manager ticks this often while the stream runs; a busy feed also flushes this often."""
+        return self._flush_ns / 1e9
+
+    @flush_interval.setter
+    def flush_interval(self, seconds: float) -> None:
+        self._flush_ns = int(seconds * 1e9)  # kept in ns: the hot path compares receive times with it
+
+    # -- state -------------------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> RecordingState:
+        return RecordingState.ON if self._failure is None else RecordingState.FAILED
+
+    @property
     def enabled(self) -> bool:
-        return self.error is None
+        return self._failure is None
+
+    @property
+    def error(self) -> str | None:
+        return self._failure.reason if self._failure is not None else None
+
+    def status(self) -> RecordingStatus:
+        return RecordingStatus(self.state, self.directory, self.bytes_written, self._failure)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def resume(self) -> RecordingState:
+        """Make sure recording can run: at a stream start, and for the periodic retry after a failure.
+
+        The directory is prepared now rather than at the first frame, so a data dir that cannot be written is
+        reported before any event is lost silently. A failed recorder starts over (retention may also free room).
+        """
+        previous = self._failure
+        if previous is None and self._prepared:
+            return self.state
+        self._failure = None
+        try:
+            self._prepare()
+        except OSError as exc:
+            self._fail(exc, previous)
+        else:
+            if previous is not None:
+                log.info("recording resumed in %s", self.directory)
+        return self.state
+
+    def tick(self) -> None:
+        """Called every flush_interval while the stream runs, with or without new frames: hand buffered lines to
+        the OS (a quiet feed must not keep its last events in memory) and retry a failed recording when due."""
+        failure = self._failure
+        if failure is None:
+            self.flush()
+        elif self.clock() >= failure.retry_at:
+            self.resume()
 
     def _prepare(self) -> None:
+        self._prepared = False
         self.directory.mkdir(parents=True, exist_ok=True)
         _finalize_orphans(self.directory)
         self._enforce_retention()
         segs = list_segments(self.directory)
         if segs:  # stamps continue after everything already recorded, even across restarts
-            self._next_ns = max(s.last_ns or s.first_ns for s in segs) + 1
+            self._next_ns = max(self._next_ns, max(s.last_ns or s.first_ns for s in segs) + 1)
         self._prepared = True
 
-    def _open(self, first_ns: int):
-        self._path = self.directory / f"{first_ns:020d}-open-{os.getpid()}.jsonl"
-        self._file = open(self._path, "ab", buffering=1 << 20)  # kept open across writes
+    def _open(self, first_ns: int) -> BinaryIO:
+        path = self.directory / f"{first_ns:020d}-open-{os.getpid()}.jsonl"
+        self._file = self.opener(path)
+        self._path = path
         self._first_ns = first_ns
         self._size = 0
         self._last_flush = first_ns
         return self._file
 
+    # -- the hot path ------------------------------------------------------------------------------------------
+
     def write(self, raw: bytes, count: int, recv_ns: int) -> None:
         """Record one frame (raw: JSON array of `count` data events, no newline) received at recv_ns."""
-        if self.error is not None:
+        if self._failure is not None:
             return
         try:
             if not self._prepared:
@@ -206,12 +349,9 @@ class Recorder:
         self.events_written += count
         if self._size >= self.segment_bytes:
             self._rotate()
-        elif recv_ns - self._last_flush >= self._flush_ns:
+        elif recv_ns - self._last_flush >= self._flush_ns:  # a busy feed flushes itself; tick() covers quiet ones
             self._last_flush = recv_ns
-            try:
-                f.flush()
-            except OSError as exc:
-                self._fail(exc)
+            self.flush()
 
     def flush(self) -> None:
         if self._file is not None:
@@ -220,6 +360,8 @@ class Recorder:
             except OSError as exc:
                 self._fail(exc)
 
+    # -- segments and retention --------------------------------------------------------------------------------
+
     def _close_segment(self) -> None:
         f, path = self._file, self._path
         self._file = self._path = None
@@ -227,6 +369,11 @@ class Recorder:
             return
         try:
             f.close()
+        except OSError as exc:
+            self._fail(exc)
+            _seal(path, self._first_ns, os.getpid())  # keep what did reach the disk, under its real range
+            return
+        try:
             if self._size == 0:
                 path.unlink()
             else:
@@ -256,51 +403,136 @@ class Recorder:
     def close(self) -> None:
         self._close_segment()
 
-    def _fail(self, exc: OSError) -> None:
-        self.error = f"recording stopped: {exc.strerror or exc} ({self.directory})"
-        log.warning("%s", self.error)
-        f, self._file = self._file, None
+    def _fail(self, exc: OSError, previous: RecordingFailure | None = None) -> None:
+        now = self.clock()
+        where = os.fsdecode(exc.filename) if exc.filename else str(self.directory)
+        reason = f"{exc.strerror or exc} ({where})"
+        self._failure = RecordingFailure(reason, now, now + self.retry_interval, self.retry_interval)
+        # A failure that repeats at every retry is news once.
+        repeated = previous is not None and previous.reason == reason
+        log.log(
+            logging.DEBUG if repeated else logging.WARNING,
+            "recording stopped: %s; retrying at the next stream start and every %g s",
+            reason,
+            self.retry_interval,
+        )
+        f, path = self._file, self._path
+        self._file = self._path = None
         if f is not None:
             with contextlib.suppress(OSError):
                 f.close()
+        if path is not None:  # the segment keeps what reached the disk, named by its real range
+            _seal(path, self._first_ns, os.getpid())
 
 
-# -- replay ----------------------------------------------------------------------------------------------------
+# -- replay -----------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReplayResult:
-    events: list[tuple[int, dict]]  # (event time in Unix ns, raw event), oldest first
+    events: list[tuple[int, Event]]  # (event time in Unix ns, raw event), oldest first
     more: bool  # the window holds more matching events after the last one returned
     next_from_ns: int | None  # pass as from_timestamp to continue
     segments_read: int
     segments_total: int
     recorded_from_ns: int | None  # the oldest recorded time available
     recorded_to_ns: int | None
+    corrupt_lines: int = 0  # damaged lines skipped in the part of the window this page covered
     notes: list[str] = field(default_factory=list)
 
 
-def _seek_line_before(f, size: int, target_ns: int) -> int:
-    """Offset of a line start at or before the first line stamped >= target_ns (bisection by seeking)."""
+@dataclass(frozen=True)
+class _SegmentReplay:
+    events: list[tuple[int, Event]]
+    more: bool
+    corrupt_lines: int
+
+
+def _stamp_of(line: bytes) -> int | None:
+    """The time a complete line starts with; None if it has none."""
+    ns_text = line.partition(b" ")[0]
+    return int(ns_text) if ns_text.isdigit() else None
+
+
+def _trusted_probe(f: BinaryIO) -> tuple[int, int] | None:
+    """(offset, time) of the second complete line from here, if it lies strictly between its neighbours' times.
+
+    A bisection must not jump forward on a damaged time (too small, it would skip real events); a line in order
+    with the lines around it is trusted. Anything else answers None, and the caller moves back, which only costs
+    a longer scan.
+    """
+    offsets: list[int] = []
+    stamps: list[int] = []
+    for _ in range(3):
+        offsets.append(f.tell())
+        line = f.readline()
+        stamp = _stamp_of(line) if line.endswith(b"\n") else None
+        if stamp is None:
+            return None
+        stamps.append(stamp)
+    if stamps[0] < stamps[1] < stamps[2]:
+        return offsets[1], stamps[1]
+    return None
+
+
+def _seek_line_before(f: BinaryIO, size: int, target_ns: int) -> int:
+    """Offset of a line start at or before the first line stamped >= target_ns (bisection by seeking).
+
+    Only a trusted line stamped before target_ns moves the lower bound, so every event at or after target_ns
+    lies after the returned offset whatever the damage; a corrupt probe only moves the search back.
+    """
     lo, hi = 0, size
     while hi - lo > _BISECT_MIN:
         mid = (lo + hi) // 2
         f.seek(mid)
         f.readline()  # finish the line mid landed in
-        pos = f.tell()
-        if pos >= hi:
-            hi = mid
-            continue
-        head = f.read(24)
-        ns_text = head.partition(b" ")[0]
-        if not ns_text.isdigit():
-            hi = mid
-            continue
-        if int(ns_text) < target_ns:
-            lo = pos
+        probe = _trusted_probe(f)
+        if probe is not None and probe[0] < hi and probe[1] < target_ns:
+            lo = probe[0]
         else:
             hi = mid
     return lo
+
+
+def _above_most_of(ns: int, floor: int, ahead: Iterable[tuple[int | None, bytes]]) -> bool:
+    """Whether `ns` is larger than most plausible times read ahead: a damaged time, since good ones increase."""
+    later = [s for s, _ in ahead if s is not None and s >= floor]
+    if len(later) < 2:  # too little evidence (the end of the file): the segment's named range is the guard
+        return False
+    return 2 * sum(1 for s in later if s <= ns) > len(later)
+
+
+def _judged_lines(lines: Iterable[bytes], low: int, high: int | None) -> Iterator[tuple[int, bytes]]:
+    """(time, JSON) of each complete line in file order; time is _CORRUPT for a line that cannot be trusted.
+
+    A line is corrupt when its time is missing, outside the segment's named range [low, high], not above the
+    previous good line's, or above most of the lines after it (a damaged future time is not the end). Stops at a
+    line cut short (still being written, or cut by a crash): that is not damage.
+    """
+    ahead: deque[tuple[int | None, bytes]] = deque()
+    floor = low
+    # _LOOKAHEAD empty entries after the last line let the loop judge the final lines like the others.
+    padded = itertools.chain(itertools.takewhile(_complete, lines), itertools.repeat(b"", _LOOKAHEAD))
+    for line in padded:
+        if line:
+            ns_text, _, raw = line.partition(b" ")
+            ahead.append((int(ns_text) if ns_text.isdigit() else None, raw))
+        if (line and len(ahead) <= _LOOKAHEAD) or not ahead:  # filling the window, or all judged
+            continue
+        ns, raw = ahead.popleft()
+        if ns is None or ns < floor or (high is not None and ns > high):
+            yield _CORRUPT, raw
+            continue
+        nxt = ahead[0][0] if ahead else None
+        if (nxt is None or nxt <= ns) and _above_most_of(ns, floor, ahead):  # the common case reads one stamp
+            yield _CORRUPT, raw
+            continue
+        floor = ns + 1
+        yield ns, raw
+
+
+def _complete(line: bytes) -> bool:
+    return line.endswith(b"\n")
 
 
 def replay(
@@ -309,7 +541,7 @@ def replay(
     to_ns: int,
     *,
     limit: int = 1000,
-    match: Callable[[dict], bool] | None = None,
+    match: Callable[[Event], bool] | None = None,
     needles: tuple[bytes, ...] | None = None,
 ) -> ReplayResult:
     """Recorded events with from_ns <= time <= to_ns, oldest first, at most `limit`. Safe to run in a thread."""
@@ -325,53 +557,71 @@ def replay(
     chosen = [s for s in spans if s[0] <= to_ns and s[1] >= from_ns]
     chosen.sort(key=lambda s: s[0])
     overlapping = any(chosen[i][0] <= chosen[i - 1][1] for i in range(1, len(chosen)))
-    out: list[tuple[int, dict]] = []
+    out: list[tuple[int, Event]] = []
     more = False
     read = 0
+    corrupt = 0
     for _first, _last, seg in chosen:
         if len(out) >= limit and not overlapping:
             more = True
             break
-        got, seg_more = _replay_segment(seg, from_ns, to_ns, limit, match, needles)
+        got = _replay_segment(seg, from_ns, to_ns, limit, match, needles)
         read += 1
-        out.extend(got)
-        more = more or seg_more
+        out.extend(got.events)
+        more = more or got.more
+        corrupt += got.corrupt_lines
     if overlapping:  # two writers recorded the same market at once: merge by time
         out.sort(key=lambda e: e[0])
     if len(out) > limit:
         out = out[:limit]
         more = True
     next_from = out[-1][0] + 1 if (more and out) else None
-    return ReplayResult(out, more, next_from, read, len(spans), rec_from, rec_to)
+    return ReplayResult(out, more, next_from, read, len(spans), rec_from, rec_to, corrupt)
 
 
-def _replay_segment(seg: Segment, from_ns: int, to_ns: int, limit: int, match, needles):
-    out: list[tuple[int, dict]] = []
+def _replay_segment(
+    seg: Segment,
+    from_ns: int,
+    to_ns: int,
+    limit: int,
+    match: Callable[[Event], bool] | None,
+    needles: tuple[bytes, ...] | None,
+) -> _SegmentReplay:
+    """One segment's part of a page. Corrupt lines are counted once over a paged walk: those before the page's
+    first good line in the window belong to this page, those after the line that filled it to the next one."""
+    out: list[tuple[int, Event]] = []
+    corrupt = 0
+    unplaced = 0  # corrupt lines since the last good line: inside the window if a good line in it follows
     try:
         f = open(seg.path, "rb")
     except OSError:
-        return out, False
+        return _SegmentReplay(out, False, 0)
     with f:
         size = seg.size if seg.closed else os.fstat(f.fileno()).st_size
         if seg.first_ns < from_ns and size > _BISECT_MIN:
             f.seek(_seek_line_before(f, size, from_ns))
-        for line in f:
-            if not line.endswith(b"\n"):
-                break  # a line still being written (or cut by a crash)
-            ns_text, _, raw = line.partition(b" ")
-            try:
-                ns = int(ns_text)
-            except ValueError:
+        # The name's last time bounds a closed segment; an open one may still be growing past its tail.
+        lines = _judged_lines(f, seg.first_ns, seg.last_ns)
+        for ns, raw in lines:
+            if ns == _CORRUPT:
+                unplaced += 1
                 continue
+            if ns < from_ns:
+                unplaced = 0  # they lie before this line, so before the window
+            else:
+                corrupt += unplaced
+                unplaced = 0
             if ns > to_ns:
-                return out, False
+                return _SegmentReplay(out, False, corrupt)
             if needles is not None and not any(nd in raw for nd in needles):
                 continue
             try:
                 events = _loads(raw)
             except orjson.JSONDecodeError:
-                continue
+                events = None
             if type(events) is not list:
+                if ns >= from_ns:  # (one before the window was counted by the page that covered it)
+                    corrupt += 1
                 continue
             if set(map(type, events)) != _DICT_ONLY:
                 events = [e for e in events if type(e) is dict]
@@ -387,16 +637,15 @@ def _replay_segment(seg: Segment, from_ns: int, to_ns: int, limit: int, match, n
             room = limit - len(out)
             if len(hits) >= room:
                 out += hits[:room]
-                # "Are there more?" cheaply: the rest of this frame, or the next line being in range.
-                return out, len(hits) > room or _more_after(f, to_ns)
+                # "Are there more?" cheaply: the rest of this frame, or the next good line being in range.
+                return _SegmentReplay(out, len(hits) > room or _next_good_in_window(lines, to_ns), corrupt)
             out += hits
-    return out, False
+    return _SegmentReplay(out, False, corrupt + unplaced)
 
 
-def _more_after(f, to_ns: int) -> bool:
-    """Whether the next complete line of `f` is stamped <= to_ns (asked once, when a page is full)."""
-    line = f.readline()
-    if not line.endswith(b"\n"):
-        return False
-    ns_text = line.partition(b" ")[0]
-    return ns_text.isdigit() and int(ns_text) <= to_ns
+def _next_good_in_window(lines: Iterator[tuple[int, bytes]], to_ns: int) -> bool:
+    """Whether the next trusted line is stamped <= to_ns (asked once, when a page is full; counts nothing)."""
+    for ns, _ in lines:
+        if ns != _CORRUPT:
+            return ns <= to_ns
+    return False

@@ -1,7 +1,9 @@
 """The 8 stream tools per market, registered for every market in settings.stream_markets from one implementation.
 
 Tools read the buffer and the manager's state; they never touch a socket. Every refusal is a ToolError with
-one actionable sentence; every text that leaves here passes through `_redact`, so the API key cannot leak.
+one actionable sentence; every text that leaves here passes through the manager's one `Redactor`, so the API key
+cannot leak, and stays within settings.max_response_chars: reads stop adding rows at the budget, say so and say
+where to continue, and any other answer is cut with a marker.
 """
 
 import functools
@@ -15,56 +17,90 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from mcp_polygon.config import Settings
+from mcp_polygon.redaction import Redactor
+from mcp_polygon.streams.buffer import ReadResult
 from mcp_polygon.streams.formatting import (
     TimeFormatError,
     ago,
-    csv_sections,
+    clip,
+    csv_sections_within,
     iso,
     iso_ns,
+    joined_length,
     json_events,
+    json_items_within,
     parse_time_ns,
 )
-from mcp_polygon.streams.manager import ChangeOutcome, StreamError, StreamManager
+from mcp_polygon.streams.manager import FUTURES_EXCHANGES, ChangeOutcome, MarketStream, StreamError, StreamManager
 from mcp_polygon.streams.markets import MARKETS, Market
+from mcp_polygon.streams.recorder import RecordingState, ReplayResult
 
 log = logging.getLogger(__name__)
 
 MAX_LIMIT = 10_000
+MAX_SEQ = 2**63 - 1  # seq numbers never get near it; a bigger since_seq is a typing mistake (and not 64-bit JSON)
 SIMULATED_LINE = "SIMULATED DATA: this stream comes from the built-in simulator; it is not real market data."
+OUTSIDE_CHARS = 300  # how much of a vendor message, an error or an echoed argument one line repeats
+ERROR_CHARS = 2_000  # an error is one sentence; longer means it echoes something huge
 
 
-def _redactor(settings: Settings) -> Callable[[str], str]:
-    key = settings.api_key
-    if not key or len(key) < 4:
-        return lambda text: text
-    return lambda text: text.replace(key, "***")
-
-
-def _guard(fn: Callable[..., Awaitable[str]], tool_name: str, redact: Callable[[str], str]):
-    """Every outcome becomes text or a ToolError with an actionable message; the key never leaves."""
+def _guard(fn: Callable[..., Awaitable[str]], tool_name: str, redact: Redactor, max_chars: int):
+    """Every outcome becomes text or a ToolError with an actionable message; the key never leaves, and no
+    answer is longer than `max_chars`."""
 
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs) -> str:
         try:
-            return redact(await fn(*args, **kwargs))
-        except ToolError as exc:
-            raise ToolError(redact(str(exc))) from None
-        except (StreamError, TimeFormatError) as exc:
-            raise ToolError(redact(str(exc))) from None
+            text = await fn(*args, **kwargs)
+        except (ToolError, StreamError, TimeFormatError) as exc:
+            raise ToolError(_elide(redact(str(exc)), ERROR_CHARS)) from None
         except Exception as exc:
             log.exception("tool %s failed", tool_name)
             raise ToolError(
                 f"{tool_name} failed unexpectedly ({type(exc).__name__}); the server log has details - "
                 "retry, or check get_*_stream_status."
             ) from None
+        return _within(redact(text), max_chars)
 
     return wrapper
 
 
-def _list(items: list[str], limit: int = 40) -> str:
-    if len(items) <= limit:
-        return ", ".join(items)
-    return ", ".join(items[:limit]) + f", ... and {len(items) - limit} more"
+def _within(text: str, max_chars: int) -> str:
+    """The safety net under every answer: whole lines up to `max_chars`, then a marker. Reads fit themselves
+    to the budget (with a cursor to continue), so this only cuts an answer nothing else priced."""
+    if len(text) <= max_chars:
+        return text
+    marker = f"# truncated: answer capped at {max_chars} characters; ask for less (fewer channels, a smaller limit)."
+    cut = text.rfind("\n", 0, max(0, max_chars - len(marker)))
+    return text[: cut + 1] + marker if cut > 0 else marker[:max_chars]
+
+
+def _elide(text: str, limit: int) -> str:
+    """`text` with its middle cut out past `limit` characters: an error's start says what went wrong and its end
+    what to do, so an echo of a huge argument is what goes."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2 - 20
+    return f"{text[:keep]} [... {len(text) - 2 * keep} characters cut ...] {text[-keep:]}"
+
+
+def _cut_note(shown: int, total: int, max_chars: int, resume: str, first: str) -> str:
+    """The marker of a read cut to the answer budget: what is missing and the call that continues right after
+    the last row shown (or, when not even one row fits, the call that skips it)."""
+    if shown == 0:
+        return (
+            f"# truncated: the first event ({first}) alone is longer than the {max_chars}-character answer cap; "
+            f"call again with {resume} to skip it."
+        )
+    return (
+        f"# truncated: {total - shown} more of the {total} events read are not shown (answers are capped at "
+        f"{max_chars} characters); call again with {resume} to continue right after the last one shown."
+    )
+
+
+def _longest_cut_note(total: int, max_chars: int, resume: str, first: str) -> str:
+    """The longest marker a cut of `total` rows can need, to price it before the rows are chosen."""
+    return max(_cut_note(0, total, max_chars, resume, first), _cut_note(1, total, max_chars, resume, first), key=len)
 
 
 def _state_text(state: str, auth: str) -> str:
@@ -81,20 +117,6 @@ def _state_text(state: str, auth: str) -> str:
     }.get(state, state)
 
 
-def _outcome_lines(o: ChangeOutcome, verb: str) -> list[str]:
-    lines = []
-    if o.acknowledged:
-        lines.append(f"{verb} (acknowledged by the server): {_list(o.acknowledged)}")
-    if o.pending:
-        lines.append(
-            f"pending (no acknowledgement yet; sent when connected, or the server ignored an unknown channel): "
-            f"{_list(o.pending)}"
-        )
-    if o.rejected:
-        lines.append("REJECTED by the server: " + "; ".join(f"{t} ({r})" for t, r in o.rejected.items()))
-    return lines
-
-
 class _Tools:
     """The tool bodies, parameterised by market."""
 
@@ -107,13 +129,38 @@ class _Tools:
     def _head(self) -> list[str]:
         return [SIMULATED_LINE] if self.settings.simulated else []
 
+    def _shown(self, text: object, limit: int = OUTSIDE_CHARS) -> str:
+        """Outside text (a vendor message, an error, an echoed argument) as one line may show it: masked first,
+        then clipped, so a clip can never cut the key in two and leave half of it readable."""
+        return clip(self.manager.redact(str(text)), limit)
+
+    def _list(self, items: list[str], limit: int = 40, sep: str = ", ") -> str:
+        """At most `limit` items (each clipped: a topic is the agent's own text, of any length), then a count."""
+        shown = sep.join(self._shown(item, 100) for item in items[:limit])
+        return shown if len(items) <= limit else f"{shown}{sep}... and {len(items) - limit} more"
+
+    def _outcome_lines(self, o: ChangeOutcome, verb: str) -> list[str]:
+        lines = []
+        if o.acknowledged:
+            lines.append(f"{verb} (acknowledged by the server): {self._list(o.acknowledged)}")
+        if o.pending:
+            lines.append(
+                f"pending (no acknowledgement yet; sent when connected, or the server ignored an unknown channel): "
+                f"{self._list(o.pending)}"
+            )
+        if o.rejected:
+            rejected = [f"{t} ({r})" for t, r in o.rejected.items()]
+            lines.append(f"REJECTED by the server: {self._list(rejected, 40, '; ')}")
+        return lines
+
     # -- control ---------------------------------------------------------------------------------------------
 
     async def start(self, channels, endpoint) -> str:
         o = await self.manager.start(self.m, channels, endpoint)
         lines = self._head()
+        endpoint = self._shown(o.endpoint)
         if o.state == "streaming":
-            head = f"{self.m} stream: streaming from {o.endpoint}"
+            head = f"{self.m} stream: streaming from {endpoint}"
         elif o.state == "cooldown":
             head = (
                 f"{self.m} stream: NOT streaming - the server reported max_connections (another connection on this "
@@ -121,15 +168,20 @@ class _Tools:
                 f"To take the slot back now: stop_{self.m}_stream, then start_{self.m}_stream (evicts the other)."
             )
         elif o.auth != "authenticated":
-            why = f": {o.error}" if o.error else ""
+            why = f": {self._shown(o.error)}" if o.error else ""
             head = (
                 f"{self.m} stream: NOT connected yet{why}. It keeps retrying in the background "
-                f"({o.endpoint}); check get_{self.m}_stream_status."
+                f"({endpoint}); check get_{self.m}_stream_status."
             )
         else:
-            head = f"{self.m} stream: {_state_text(o.state, o.auth)} ({o.endpoint})"
+            head = f"{self.m} stream: {_state_text(o.state, o.auth)} ({endpoint})"
         lines.append(head + (" - already subscribed to all of these." if o.already else ""))
-        lines += _outcome_lines(o, "subscribed")
+        if o.switched_from:
+            lines.append(
+                f"switched from {self._shown(o.switched_from)}: a start without endpoint uses the configured feed; "
+                "pass endpoint again to stay on another one."
+            )
+        lines += self._outcome_lines(o, "subscribed")
         b = self.manager.stream(self.m).buffer
         lines.append(f"next: get_{self.m}_stream_messages(since_seq={b.head}) returns only events after this call.")
         return "\n".join(lines)
@@ -152,20 +204,20 @@ class _Tools:
         lines = [*self._head(), f"{self.m} stream: {_state_text(o.state, o.auth)}."]
         if o.already:
             lines.append("already subscribed to all of these.")
-        lines += _outcome_lines(o, "subscribed")
+        lines += self._outcome_lines(o, "subscribed")
         return "\n".join(lines)
 
     async def unsubscribe(self, channels) -> str:
         o = await self.manager.unsubscribe(self.m, channels)
         lines = [*self._head()]
         if o.acknowledged:
-            lines.append(f"unsubscribed: {_list(o.acknowledged)}")
+            lines.append(f"unsubscribed: {self._list(o.acknowledged)}")
         if o.pending:
-            lines.append(f"unsubscribe sent, not yet acknowledged: {_list(o.pending)}")
+            lines.append(f"unsubscribe sent, not yet acknowledged: {self._list(o.pending)}")
         if o.unknown:
-            lines.append(f"not subscribed (nothing to do): {_list(o.unknown)}")
+            lines.append(f"not subscribed (nothing to do): {self._list(o.unknown)}")
         left = list(self.manager.stream(self.m).session.topics)
-        lines.append(f"still subscribed: {_list(left) if left else 'nothing'}")
+        lines.append(f"still subscribed: {self._list(left) if left else 'nothing'}")
         return "\n".join(lines)
 
     async def list_subscriptions(self) -> str:
@@ -182,11 +234,12 @@ class _Tools:
             title = f"{prefix} ({et.title})" if et else prefix
             parts = []
             if g["acknowledged"]:
-                parts.append("acknowledged " + _list([t.partition(".")[2] for t in g["acknowledged"]], 200))
+                parts.append("acknowledged " + self._list([t.partition(".")[2] for t in g["acknowledged"]], 200))
             if g["pending"]:
-                parts.append("pending " + _list([t.partition(".")[2] for t in g["pending"]], 200))
+                parts.append("pending " + self._list([t.partition(".")[2] for t in g["pending"]], 200))
             if g["rejected"]:
-                parts.append("rejected " + "; ".join(f"{t.partition('.')[2]} ({r})" for t, r in g["rejected"].items()))
+                rejected = [f"{t.partition('.')[2]} ({r})" for t, r in g["rejected"].items()]
+                parts.append("rejected " + self._list(rejected, 200, "; "))
             lines.append(f"{title}: " + " | ".join(parts))
         return "\n".join(lines)
 
@@ -194,7 +247,7 @@ class _Tools:
         s = self.manager.status(self.m)
         now = time.time()
         lines = self._head()
-        lines.append(f"{self.m} stream: {_state_text(s['state'], s['auth'])}; endpoint {s['endpoint']}")
+        lines.append(f"{self.m} stream: {_state_text(s['state'], s['auth'])}; endpoint {self._shown(s['endpoint'])}")
         if s["state"] == "cooldown":
             lines.append(
                 f"max_connections: another connection on this API key and market took the slot; "
@@ -205,15 +258,17 @@ class _Tools:
         subs = s["subscriptions"]
         sub = f"subscriptions: {len(subs['acknowledged'])} acknowledged"
         if subs["acknowledged"]:
-            sub += f" ({_list(subs['acknowledged'], 20)})"
+            sub += f" ({self._list(subs['acknowledged'], 20)})"
         sub += f"; {len(subs['pending'])} pending"
         if subs["pending"]:
-            sub += f" ({_list(subs['pending'], 20)})"
+            sub += f" ({self._list(subs['pending'], 20)})"
         sub += f"; {len(subs['rejected'])} rejected"
         if subs["rejected"]:
-            sub += " (" + "; ".join(f"{t}: {r}" for t, r in list(subs["rejected"].items())[:20]) + ")"
+            sub += " (" + self._list([f"{t}: {r}" for t, r in subs["rejected"].items()], 20, "; ") + ")"
         lines.append(sub)
-        per = ", ".join(f"{k} {v}" for k, v in sorted(s["events_per_channel"].items(), key=lambda kv: -kv[1]))
+        # Event types are the feed's words: a broken feed could send thousands, so only the busiest are named.
+        busiest = sorted(s["events_per_channel"].items(), key=lambda kv: -kv[1])
+        per = self._list([f"{k} {v}" for k, v in busiest], 20)
         lines.append(
             f"events: {s['events_total']} total"
             + (f" ({per})" if per else "")
@@ -229,24 +284,18 @@ class _Tools:
         if s["connected_since"]:
             conn += f"; connected since {iso(s['connected_since'], ms=False)}"
         if s["last_disconnect"]:
-            conn += f"; last disconnect {ago(s['last_disconnect_at'], now)}: {s['last_disconnect']}"
+            conn += f"; last disconnect {ago(s['last_disconnect_at'], now)}: {self._shown(s['last_disconnect'])}"
         lines.append(conn)
         if s["last_status"]:
-            lines.append(f"last status message: {s['last_status']}")
+            lines.append(f"last status message: {self._shown(s['last_status'])}")
         if s["last_error"]:
-            lines.append(f"last error ({ago(s['last_error_at'], now)}): {s['last_error']}")
+            lines.append(f"last error ({ago(s['last_error_at'], now)}): {self._shown(s['last_error'])}")
         if s["malformed_frames"] or s["malformed_events"]:
             lines.append(
                 f"malformed input dropped: {s['malformed_frames']} frames, {s['malformed_events']} events "
-                f"(last: {s['last_malformed']})"
+                f"(last: {self._shown(s['last_malformed'])})"
             )
-        r = s["recording"]
-        if r["error"]:
-            lines.append(f"recording: OFF after an error: {r['error']}")
-        elif r["enabled"]:
-            lines.append(f"recording: on ({r['bytes_written'] / 1e6:.1f} MB written this run) in {r['directory']}")
-        else:
-            lines.append("recording: off (POLYGON_RECORD=false)")
+        lines.append(f"recording: {s['recording']['summary']}")  # the same words replay uses
         lines.append(f"now: {iso(now, ms=False)}")
         return "\n".join(lines)
 
@@ -264,50 +313,101 @@ class _Tools:
             self.m, limit=limit, channel_filter=channel_filter, since_seq=since_seq, since_time=since_time
         )
         st = self.manager.stream(self.m)
-        notes = []
-        if r.gap:
-            notes.append(
-                f"GAP: {r.gap} events after since_seq={since_seq} were overwritten before they could be read "
-                f"(buffer holds {st.buffer.capacity}); poll more often, or use replay_{self.m}_stream_messages."
-            )
+        notes = self._read_notes(r, since_seq, st)
         more = ""
         if r.more and (since_seq is not None or since_time is not None):
             more = f"more matching events are waiting: call again with since_seq={r.next_seq}."
         elif r.more:
             more = "older matching events exist; narrow the filter or use since_seq to page forward."
         if fmt == "json":
-            stamps: dict[float, str] = {}  # events of one frame share a receive time: format it once
-            events = [
-                {"seq": seq, "received_at": stamps.get(t) or stamps.setdefault(t, iso(t)), **ev}
-                for seq, t, ev in r.events
-            ]
-            body = {
-                "market": self.m,
-                "simulated": self.settings.simulated,
-                "count": len(events),
-                "next_since_seq": r.next_seq,
-                "gap": r.gap,
-                "more": r.more,
-                "events": events,
-            }
-            if notes:
-                body["notes"] = notes
-            return json_events(body)
-        lines = self._head()
-        lines += notes
-        if r.events:
-            first_t, last_t = r.events[0][1], r.events[-1][1]
-            lines.append(
-                f"{self.m}: {len(r.events)} events, seq {r.events[0][0]}-{r.events[-1][0]}, "
-                f"received {iso(first_t)} to {iso(last_t)} (times in rows are the vendor's Unix timestamps)"
-            )
-            lines += csv_sections(self.market, [(seq, ev) for seq, _, ev in r.events], "seq")
-        else:
+            return self._messages_json(r, notes)
+        lines = [*self._head(), *notes]
+        if not r.events:
             lines.append(self._empty_text(st, r, channel_filter))
-        if more:
-            lines.append(more)
-        lines.append(f"next since_seq={r.next_seq}")
-        return "\n".join(lines)
+            return "\n".join([*lines, *([more] if more else []), f"next since_seq={r.next_seq}"])
+        return self._messages_csv(r, lines, more)
+
+    def _read_notes(self, r: ReadResult, since_seq: int | None, st: MarketStream) -> list[str]:
+        notes = []
+        if r.ahead:
+            where = f"its newest seq is {r.head}" if r.head else "nothing is buffered yet"
+            notes.append(
+                f"since_seq={since_seq} is ahead of this buffer ({where}; the server may have restarted, and seq "
+                "numbers start again at 1 with each server process): answering from the oldest buffered event."
+            )
+        if r.gap:
+            notes.append(
+                f"GAP: {r.gap} events after since_seq={since_seq} were overwritten before they could be read "
+                f"(buffer holds {st.buffer.capacity}); poll more often, or use replay_{self.m}_stream_messages."
+            )
+        return notes
+
+    def _read_summary(self, events: list[tuple[int, float, dict]]) -> str:
+        return (
+            f"{self.m}: {len(events)} events, seq {events[0][0]}-{events[-1][0]}, received {iso(events[0][1])} to "
+            f"{iso(events[-1][1])} (times in rows are the vendor's Unix timestamps)"
+        )
+
+    def _messages_csv(self, r: ReadResult, lines: list[str], more: str) -> str:
+        """The events as CSV, as many as fit the answer budget, oldest first; a cut says where to continue."""
+        events, cap = r.events, self.settings.max_response_chars
+        last = events[-1][0]
+        # Priced with the longest texts the lines around the rows can take, so the rows never get too much room.
+        around = [
+            *lines,
+            self._read_summary(events),
+            _longest_cut_note(len(events), cap, f"since_seq={last}", f"seq {last}"),
+            f"next since_seq={max(last, r.next_seq)}",
+        ]
+        rows = [(seq, ev) for seq, _, ev in events]
+        body, shown = csv_sections_within(self.market, rows, "seq", cap - joined_length(around) - 1)
+        if shown == len(events):
+            return "\n".join(
+                [*lines, self._read_summary(events), *body, *([more] if more else []), f"next since_seq={r.next_seq}"]
+            )
+        resume = events[shown - 1][0] if shown else events[0][0]
+        summary = [self._read_summary(events[:shown])] if shown else []
+        note = _cut_note(shown, len(events), cap, f"since_seq={resume}", f"seq {events[0][0]}")
+        return "\n".join([*lines, *summary, *body, note, f"next since_seq={resume}"])
+
+    def _messages_json(self, r: ReadResult, notes: list[str]) -> str:
+        stamps: dict[float, str] = {}  # events of one frame share a receive time: format it once
+        events = [
+            {"seq": seq, "received_at": stamps.get(t) or stamps.setdefault(t, iso(t)), **ev} for seq, t, ev in r.events
+        ]
+        body: dict[str, object] = {
+            "market": self.m,
+            "simulated": self.settings.simulated,
+            "count": len(events),
+            "next_since_seq": r.next_seq,
+            "gap": r.gap,
+            "more": r.more,
+            "events": events,
+        }
+        if r.ahead:
+            body["since_seq_ahead"] = True
+        if notes:
+            body["notes"] = notes
+        text = json_events(body)
+        cap = self.settings.max_response_chars
+        if len(text) <= cap:
+            return text
+        first, last = events[0]["seq"], events[-1]["seq"]
+        longest = _longest_cut_note(len(events), cap, f"since_seq={last}", f"seq {last}")
+        priced = {
+            **body,
+            "next_since_seq": last,
+            "more": True,
+            "truncated": True,
+            "events": [],
+            "notes": [*notes, longest],
+        }
+        shown = json_items_within(events, cap - len(json_events(priced)))
+        resume = events[shown - 1]["seq"] if shown else first
+        note = _cut_note(shown, len(events), cap, f"since_seq={resume}", f"seq {first}")
+        body.update(count=shown, next_since_seq=resume, more=True, truncated=True, events=events[:shown])
+        body["notes"] = [*notes, note]
+        return json_events(body)
 
     def _empty_text(self, st, r, channel_filter) -> str:
         if not r.head:
@@ -317,7 +417,7 @@ class _Tools:
                 f"{self.m}: no events in memory; the stream is not running. Start it with start_{self.m}_stream; "
                 f"earlier sessions' events are on disk: replay_{self.m}_stream_messages."
             )
-        what = f" matching '{channel_filter}'" if channel_filter else ""
+        what = f" matching '{self._shown(channel_filter, 100)}'" if channel_filter else ""
         return f"{self.m}: no new events{what} (buffer seq {r.oldest}-{r.head})."
 
     async def replay(self, from_timestamp, to_timestamp, channel_filter, format, limit) -> str:
@@ -333,9 +433,15 @@ class _Tools:
             raise ToolError(f"to_timestamp ({iso_ns(to_ns)}) is before from_timestamp ({iso_ns(from_ns)}); swap them.")
         r = await self.manager.replay(self.m, from_ns, to_ns, channel_filter=channel_filter, limit=limit)
         st = self.manager.stream(self.m)
+        recording = st.recording_status()
         more = ""
         if r.more and r.next_from_ns is not None:
             more = f"more events in the window: call again with from_timestamp={r.next_from_ns} (Unix ns)."
+        notes = []
+        if r.corrupt_lines:
+            notes.append(f"{r.corrupt_lines} corrupt lines skipped (damaged on disk); every other event is returned.")
+        if recording.state is RecordingState.FAILED:
+            notes.append(f"recording: {recording.describe()}")  # word for word what the status tool says
         if fmt == "json":
             events = [{"received_ns": ns, **ev} for ns, ev in r.events]
             body = {
@@ -344,34 +450,85 @@ class _Tools:
                 "count": len(events),
                 "more": r.more,
                 "next_from_timestamp": r.next_from_ns,
+                "corrupt_lines_skipped": r.corrupt_lines,
                 "events": events,
             }
-            return json_events(body)
+            if notes:
+                body["notes"] = notes
+            return self._replay_json(body, notes)
         lines = self._head()
+        lines += notes
         if not r.events:
             if not r.segments_total:
-                rec = "on" if st.recorder is not None else "off (POLYGON_RECORD=false)"
-                lines.append(f"{self.m}: no recordings yet in {st.record_dir} (recording is {rec}).")
+                # After a failure the note above has told the state already.
+                state = "" if recording.state is RecordingState.FAILED else f" (recording: {recording.describe()})"
+                lines.append(f"{self.m}: no recordings yet in {st.record_dir}{state}.")
             else:
-                what = f" matching '{channel_filter}'" if channel_filter else ""
+                what = f" matching '{self._shown(channel_filter, 100)}'" if channel_filter else ""
                 lines.append(
                     f"{self.m}: no recorded events{what} between {iso_ns(from_ns)} and {iso_ns(to_ns)}; "
                     f"recordings cover {iso_ns(r.recorded_from_ns)} to {iso_ns(r.recorded_to_ns)}."
                 )
             return "\n".join(lines)
-        lines.append(
-            f"{self.m} recorded: {len(r.events)} events received {iso_ns(r.events[0][0])} to "
-            f"{iso_ns(r.events[-1][0])} ({r.segments_read} of {r.segments_total} segments read)"
+        return self._replay_csv(r, lines, more)
+
+    def _replay_summary(self, r: ReplayResult, events: list[tuple[int, dict]]) -> str:
+        return (
+            f"{self.m} recorded: {len(events)} events received {iso_ns(events[0][0])} to "
+            f"{iso_ns(events[-1][0])} ({r.segments_read} of {r.segments_total} segments read)"
         )
-        lines += csv_sections(self.market, [(None, ev) for _, ev in r.events], None)
-        lines.append(more or "end of the window.")
-        return "\n".join(lines)
+
+    def _replay_csv(self, r: ReplayResult, lines: list[str], more: str) -> str:
+        """Recorded events as CSV, as many as fit the answer budget; a cut gives the from_timestamp that
+        continues right after the last row shown (event times are unique, so nothing repeats or goes missing)."""
+        events, cap = r.events, self.settings.max_response_chars
+        worst = f"from_timestamp={events[-1][0] + 1} (Unix ns)"
+        around = [
+            *lines,
+            self._replay_summary(r, events),
+            max(
+                more or "end of the window.",
+                _longest_cut_note(len(events), cap, worst, f"at {events[-1][0]} ns"),
+                key=len,
+            ),
+        ]
+        rows: list[tuple[object, dict]] = [(None, ev) for _, ev in events]
+        body, shown = csv_sections_within(self.market, rows, None, cap - joined_length(around) - 1)
+        if shown == len(events):
+            return "\n".join([*lines, self._replay_summary(r, events), *body, more or "end of the window."])
+        resume = (events[shown - 1][0] if shown else events[0][0]) + 1
+        summary = [self._replay_summary(r, events[:shown])] if shown else []
+        note = _cut_note(shown, len(events), cap, f"from_timestamp={resume} (Unix ns)", f"at {events[0][0]} ns")
+        return "\n".join([*lines, *summary, *body, note])
+
+    def _replay_json(self, body: dict[str, object], notes: list[str]) -> str:
+        text = json_events(body)
+        cap = self.settings.max_response_chars
+        events = body["events"]
+        if len(text) <= cap or not isinstance(events, list) or not events:
+            return text
+        first, last = events[0]["received_ns"], events[-1]["received_ns"]
+        longest = _longest_cut_note(len(events), cap, f"from_timestamp={last + 1} (Unix ns)", f"at {last} ns")
+        priced = {
+            **body,
+            "more": True,
+            "next_from_timestamp": last + 1,
+            "truncated": True,
+            "events": [],
+            "notes": [*notes, longest],
+        }
+        shown = json_items_within(events, cap - len(json_events(priced)))
+        resume = (events[shown - 1]["received_ns"] if shown else first) + 1
+        note = _cut_note(shown, len(events), cap, f"from_timestamp={resume} (Unix ns)", f"at {first} ns")
+        body.update(count=shown, more=True, next_from_timestamp=resume, truncated=True, events=events[:shown])
+        body["notes"] = [*notes, note]
+        return json_events(body)
 
 
 def _format(value: str | None) -> str:
     fmt = (value or "csv").strip().lower()
     if fmt not in ("csv", "json"):
-        raise ToolError(f"format must be 'csv' or 'json', got {value!r}.")
+        raise ToolError(f"format must be 'csv' or 'json', got {clip(repr(value), 40)}.")
     return fmt
 
 
@@ -391,7 +548,7 @@ def _channels_help(market: Market) -> str:
 
 
 def register_stream_tools(server: MCPServer, manager: StreamManager, settings: Settings) -> None:
-    redact = _redactor(settings)
+    redact = manager.redact  # one Redactor for the streams, shared with the manager's own error messages
     for name in settings.stream_markets:
         market = MARKETS[name]
         _register_market(server, manager, settings, market, redact)
@@ -413,14 +570,17 @@ def _register_market(server, manager, settings, market: Market, redact) -> None:
         ),
     ]
     Format = Annotated[str, Field(description="'csv' (compact, one section per event type) or 'json' (raw fields)")]
+    exchanges = ", or one exchange: " + ", ".join(f"'{x}'" for x in FUTURES_EXCHANGES) if m == "futures" else ""
 
     async def start_stream(
         channels: Channels,
         endpoint: Annotated[
             str | None,
             Field(
-                description="optional feed: a base like wss://delayed.massive.com (15-min delayed; market path "
-                f"appended) or a full URL like wss://socket.massive.com/{market.path}"
+                description="optional feed; omit for the configured one (every call). 'realtime', 'delayed' "
+                f"(15-min delayed) or 'business'{exchanges}; or a wss:// URL on socket., delayed. or "
+                f"business.massive.com (or .polygon.io), like wss://delayed.massive.com (market path appended) "
+                f"or wss://socket.massive.com/{market.path}; ws:// only on 127.0.0.1/localhost"
             ),
         ] = None,
     ) -> str:
@@ -449,7 +609,8 @@ def _register_market(server, manager, settings, market: Market, redact) -> None:
             Field(description="only events received at/after this: ISO 8601, Unix s/ms/ns, or relative like -5m"),
         ] = None,
         since_seq: Annotated[
-            int | None, Field(description="only events after this seq: pass `next since_seq` from the last call")
+            int | None,
+            Field(description="only events after this seq: pass `next since_seq` from the last call", le=MAX_SEQ),
         ] = None,
         format: Format = "csv",
     ) -> str:
@@ -467,7 +628,7 @@ def _register_market(server, manager, settings, market: Market, redact) -> None:
         return await t.replay(from_timestamp, to_timestamp, channel_filter, format, limit)
 
     sim = " Data is SIMULATED (built-in simulator)." if settings.simulated else ""
-    specs = [
+    specs: list[tuple[str, Callable[..., Awaitable[str]], str]] = [
         (
             f"start_{m}_stream",
             start_stream,
@@ -502,4 +663,9 @@ def _register_market(server, manager, settings, market: Market, redact) -> None:
         ),
     ]
     for tool_name, fn, description in specs:
-        server.add_tool(_guard(fn, tool_name, redact), name=tool_name, description=description, structured_output=False)
+        server.add_tool(
+            _guard(fn, tool_name, redact, settings.max_response_chars),
+            name=tool_name,
+            description=description,
+            structured_output=False,
+        )

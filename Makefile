@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test unit lint format bench inspector clean catalogue
+.PHONY: install demo test unit lint typecheck format bench inspector clean catalogue
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
 
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict src/mcp_polygon
+
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench scripts
 	$(BIN)/ruff check --fix src tests bench scripts
 
-test: $(STAMP) lint inspector
+test: $(STAMP) lint typecheck inspector
 	$(BIN)/python -m pytest -q
 
 inspector: $(STAMP)

@@ -172,9 +172,18 @@ def test_flatten_nested_lists_and_datapoints():
         "day_o": 1,
         "day_inner_x": 2,
         "conditions": [12, 41],
-        "insights": '[{"ticker":"UBS","sentiment":"positive"}]',
+        "insights": [{"ticker": "UBS", "sentiment": "positive"}],  # lists stay lists; the cell rule writes them
         "financials_balance_sheet_assets": 5,
     }
+    assert table(render([Section(None, [row])], max_chars=10_000).text) == [
+        {
+            "day_o": "1",
+            "day_inner_x": "2",
+            "conditions": "12|41",
+            "insights": '[{"ticker":"UBS","sentiment":"positive"}]',
+            "financials_balance_sheet_assets": "5",
+        }
+    ]
 
 
 @pytest.mark.parametrize(
@@ -198,6 +207,19 @@ def test_columns_are_union_in_first_seen_order_and_csv_quotes():
     sections = [Section(None, [{"a": 1, "b": "x,y"}, {"c": 3, "a": 2}])]
     text = render(sections, max_chars=10_000).text
     assert text.splitlines() == ["a,b,c", '1,"x,y",', "2,,3"]
+
+
+def test_rest_cells_follow_the_shared_rules():
+    """The rules stream answers use too (mcp_polygon/cells.py): before issue 8 a bare CR went out unquoted and a
+    list of lists became JSON here, while streams wrote `0 12` and `100.0`."""
+    row = {"a": "x\ry", "b": [[1.0, 2], [0.5, 3]], "c": 100.0, "d": [True, None, "s p"], "e": 'say "hi"'}
+    text = render([Section(None, [row])], max_chars=10_000).text
+    assert text.split("\n") == ["a,b,c,d,e", '"x\ry",1:2|0.5:3,100,true||s p,"say ""hi"""']
+
+
+def test_a_row_of_one_empty_cell_is_not_a_blank_line():
+    text = render([Section(None, [{"v": None}, {"v": 1}])], max_chars=10_000).text
+    assert text.splitlines() == ["v", '""', "1"]
 
 
 # ---- caps and truncation -----------------------------------------------------------------------------------------

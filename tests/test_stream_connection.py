@@ -13,16 +13,24 @@ import pytest
 from websockets.asyncio.server import serve
 
 from mcp_polygon.simulator.ws import WsSimulator
-from mcp_polygon.streams.connection import Connection, ConnectionState, EndpointError, Pulse, endpoint_problem
+from mcp_polygon.streams.connection import (
+    Connection,
+    ConnectionOptions,
+    ConnectionState,
+    EndpointError,
+    Pulse,
+    endpoint_problem,
+)
 from mcp_polygon.streams.protocol import ProtocolSession
 
 KEY = "k3y-for-tests"
 
 
-def make(url: str = "ws://127.0.0.1:9", **kw) -> tuple[Connection, list]:
+def make(url: str = "ws://127.0.0.1:9", **options) -> tuple[Connection, list]:
+    """A connection with `options` (ConnectionOptions fields: shorter backoffs, pings...) and the frames it sinks."""
     frames: list = []
     session = ProtocolSession(KEY)
-    return Connection(url, session, lambda f, ns: frames.append((f, ns)), Pulse(), **kw), frames
+    return Connection(url, session, lambda f, ns: frames.append((f, ns)), Pulse(), ConnectionOptions(**options)), frames
 
 
 def test_backoff_is_none_first_then_starts_well_under_a_second_and_is_capped():
@@ -73,12 +81,12 @@ async def test_dead_peer_is_detected_by_keepalive_and_reconnected():
         conn, frames = make(url, ping_interval=0.2, ping_timeout=0.2, backoff_first=0.05)
         conn.start()
         try:
-            await until(lambda: len(connects) >= 2 and conn.state == ConnectionState.STREAMING)
+            await until(lambda: len(connects) >= 2 and conn.state is ConnectionState.STREAMING)
             assert "keep-alive" in (conn.last_disconnect or "")
             assert len(frames) >= 2
         finally:
             await conn.stop()
-        assert conn.state == ConnectionState.STOPPED
+        assert conn.state is ConnectionState.STOPPED
 
 
 async def test_stop_from_another_task_while_streaming():
@@ -92,11 +100,11 @@ async def test_stop_from_another_task_while_streaming():
         conn.start()
         await until(lambda: len(frames) > 3)
         await asyncio.create_task(conn.stop())  # a different task than the one that started it
-        assert not conn.running and conn.state == ConnectionState.STOPPED
-        n = len(frames)
-        await asyncio.sleep(0.1)
-        assert len(frames) == n
+        assert not conn.running and conn.state is ConnectionState.STOPPED
+        # The supervisor task has ended and holds no socket: nothing is left that could hand on another frame.
+        assert conn._task is not None and conn._task.done() and conn._ws is None
         await conn.stop()  # idempotent
+        assert conn.status().state is ConnectionState.STOPPED and conn.status().connected_since is None
 
 
 async def test_backoff_grows_while_the_server_keeps_closing():
@@ -128,7 +136,7 @@ async def test_first_reconnect_after_a_drop_is_immediate_and_the_second_backs_of
             await until(lambda: len(conn.retry_delays) == 2)
             assert conn.retry_delays[0] == 0.0 and 15.0 <= conn.retry_delays[1] <= 30.0
             assert len(connects) == 2 and conn.reconnects == 1 and len(frames) == 2
-            assert conn.state == ConnectionState.RECONNECTING
+            assert conn.state is ConnectionState.RECONNECTING
         finally:
             await conn.stop()
 
@@ -169,7 +177,7 @@ async def test_a_task_cancelled_while_awaiting_stop_is_cancelled():
     stopper.cancel()
     with pytest.raises(asyncio.CancelledError):
         await stopper
-    assert stopper.cancelled() and conn.state == ConnectionState.STOPPED
+    assert stopper.cancelled() and conn.state is ConnectionState.STOPPED
     release.set()
     with contextlib.suppress(asyncio.CancelledError):
         await conn._task
@@ -194,7 +202,7 @@ async def test_an_unusable_endpoint_fails_at_once_with_one_sentence_and_no_retry
     conn, _ = make(url, backoff_first=0.0)
     conn.start()
     await until(lambda: not conn.running)
-    assert conn.state == ConnectionState.FAILED
+    assert conn.state is ConnectionState.FAILED
     assert conn.connects == conn.reconnects == conn.attempts == 0 and not conn.retry_delays
     assert needle in conn.last_error and len(conn.last_error) < 200 and "\n" not in conn.last_error
     records = [r for r in caplog.records if r.name.startswith("mcp_polygon.streams")]
@@ -209,10 +217,29 @@ async def test_a_path_without_a_websocket_fails_at_once():
         conn, _ = make(f"{sim.url}/bonds", backoff_first=0.0)
         conn.start()
         await until(lambda: not conn.running)
-        assert conn.state == ConnectionState.FAILED and "HTTP 404" in conn.last_error
+        assert conn.state is ConnectionState.FAILED and "HTTP 404" in conn.last_error
         assert sim.connect_count("stocks") == 0 and not conn.retry_delays
     finally:
         await sim.stop()
+
+
+async def test_the_status_snapshot_is_frozen_and_says_why_it_failed():
+    conn, _ = make("ws://bad!host.example/stocks")
+    conn.start()
+    await until(lambda: not conn.running)
+    status = conn.status()
+    assert status.state is ConnectionState.FAILED and status.connects == status.reconnects == 0
+    assert "contains '!'" in status.last_error and status.last_error_at == status.last_disconnect_at
+    with pytest.raises(AttributeError):
+        status.state = ConnectionState.IDLE  # type: ignore[misc]
+
+
+def test_options_are_explicit_and_the_product_values_by_default():
+    conn, _ = make()
+    assert conn.options == ConnectionOptions() and conn.options.cooldown == 60.0
+    fast, _ = make(backoff_first=0.01, backoff_max=0.02)
+    fast.attempts = 5
+    assert all(fast._backoff() <= 0.02 for _ in range(50))
 
 
 def test_errors_retrying_cannot_cure_are_told_apart_from_blips():

@@ -61,7 +61,7 @@ async def test_mixed_frames_count_exactly_the_readable_events(client, sim, app):
     await sim.ws.send_status("stocks", "marker", "end")  # frames arrive in order: after it, all of them are in
     await until(lambda: stream.session.status_counts["unknown"] >= 1)
     assert stream.buffer.head - head == 4 and stream.session.malformed_events == 2
-    events = [e for _, _, e in stream.buffer.read(10, since_seq=head).events]
+    events = [e for _, _, e in app.streams.read("stocks", limit=10, since_seq=head).events]
     assert [(e["ev"], e["sym"]) for e in events] == [("T", "AAPL")] * 4
     text, is_error = await call(client, "get_stocks_stream_messages", limit=50)
     assert not is_error and "# T trades: 4 events" in text

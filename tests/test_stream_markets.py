@@ -1,4 +1,4 @@
-"""markets.py and formatting.py: channel validation per market, filters, endpoint resolution, CSV output."""
+"""markets.py and formatting.py: channel validation per market, endpoint resolution, CSV output."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from mcp_polygon.streams.formatting import csv_sections
 from mcp_polygon.streams.manager import StreamError, resolve_endpoint
-from mcp_polygon.streams.markets import MARKETS, ChannelError, check_limits, normalize_channels, parse_filter
+from mcp_polygon.streams.markets import MARKETS, ChannelError, check_limits, normalize_channels
+from mcp_polygon.streams.query import parse_filter
 
 SPEC = json.load(open("specs/massive_websocket_openapi.json"))
 
@@ -141,43 +142,11 @@ def test_a_huge_channel_is_refused_with_a_short_message():
     assert len(str(exc.value)) < 400
 
 
-@pytest.mark.parametrize(
-    ("raw", "needle"),
-    [
-        ("T.", "has nothing after the dot"),
-        ("*.", "has nothing after the dot"),
-        ("T.AAPL, Q.", "'Q.' has nothing after the dot"),
-        ("T.\u0410APL", "U+0410"),
-        ('*.{"ev":"status"}', "contains '{'"),
-        ("T.AA PL", "whitespace"),
-    ],
-)
-def test_filters_that_would_match_nothing_are_refused(raw, needle):
-    with pytest.raises(ChannelError) as exc:
-        parse_filter(MARKETS["stocks"], raw)
-    assert needle in str(exc.value) and "forms: T.AAPL, T.*, *.AAPL" in str(exc.value)
-
-
-def test_filter_forms_still_accepted():
-    stocks = MARKETS["stocks"]
-    assert parse_filter(stocks, "T").prefixes == {"T"} == parse_filter(stocks, "t.*").prefixes
-    assert parse_filter(stocks, "*.brk.a").tickers == {"BRK.A"}
-    assert parse_filter(stocks, "*.*").is_all and parse_filter(stocks, "T.AAPL, *").is_all
-    assert parse_filter(MARKETS["forex"], "*.C:EURUSD").tickers == {"C:EURUSD"}
-
-
 def test_options_quote_limit_checked_before_sending():
     topics = [f"Q.O:X{i}" for i in range(1001)]
     with pytest.raises(ChannelError, match="at most 1000"):
         check_limits(MARKETS["options"], topics)
     check_limits(MARKETS["options"], [*topics[:1000], "T.*"])
-
-
-def test_filter_validation():
-    with pytest.raises(ChannelError, match="valid stocks prefixes"):
-        parse_filter(MARKETS["stocks"], "XT.BTC-USD")
-    assert parse_filter(MARKETS["stocks"], None).is_all
-    assert parse_filter(MARKETS["stocks"], " ").is_all
 
 
 @pytest.mark.parametrize(
@@ -211,7 +180,7 @@ def test_csv_one_section_per_type_readable_columns_and_no_empty_columns():
     assert lines == [
         "# T trades: 2 events",
         "seq,symbol,price,size,exchange,conditions,timestamp_ms,new_field",
-        "1,AAPL,1.5,100,4,0 12,1,",
+        "1,AAPL,1.5,100,4,0|12,1,",
         '3,"MS,FT",2.5,5,,,3,true',
         "# Q quotes: 1 event",
         "seq,symbol,bid_price,bid_size,ask_price,ask_size,timestamp_ms",
@@ -221,11 +190,11 @@ def test_csv_one_section_per_type_readable_columns_and_no_empty_columns():
 
 def test_csv_forex_p_is_the_pair_and_crypto_book_levels():
     lines = csv_sections(MARKETS["forex"], [(1, {"ev": "C", "p": "EUR/USD", "a": 1.1, "b": 1.0, "t": 5})], "seq")
-    assert lines[1:] == ["seq,pair,bid_price,ask_price,timestamp_ms", "1,EUR/USD,1.0,1.1,5"]
+    assert lines[1:] == ["seq,pair,bid_price,ask_price,timestamp_ms", "1,EUR/USD,1,1.1,5"]
     book = {"ev": "XL2", "pair": "BTC-USD", "b": [[1.0, 2.0], [0.5, 1.0]], "a": [[3.0, 1.0]], "t": 1}
     assert csv_sections(MARKETS["crypto"], [(None, book)], None)[1:] == [
         "pair,bids,asks,timestamp_ms",
-        "BTC-USD,1.0:2.0 0.5:1.0,3.0:1.0,1",
+        "BTC-USD,1:2|0.5:1,3:1,1",
     ]
 
 
@@ -237,4 +206,4 @@ def test_csv_survives_odd_events():
 
 def test_csv_list_columns_fast_path_keeps_empty_and_single_lists():
     rows = [(i, {"ev": "T", "sym": "A", "c": c}) for i, c in enumerate([[0, 12], [], [37], [1.5, 2]])]
-    assert csv_sections(MARKETS["stocks"], rows, "seq")[2:] == ["0,A,0 12", "1,A,", "2,A,37", "3,A,1.5 2"]
+    assert csv_sections(MARKETS["stocks"], rows, "seq")[2:] == ["0,A,0|12", "1,A,", "2,A,37", "3,A,1.5|2"]

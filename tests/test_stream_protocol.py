@@ -9,7 +9,9 @@ from collections import Counter
 import orjson
 import pytest
 
-from mcp_polygon.streams.protocol import AuthState, ProtocolSession, Status, classify
+from mcp_polygon.streams.protocol import AuthState, ProtocolSession, Status, TopicStatus, classify
+
+NOW = 1_700_000_000 * 10**9  # the receive time every frame here is handed with (Unix ns)
 
 
 def st(status: str, message: str = "") -> dict:
@@ -24,7 +26,7 @@ def authed(*topics: str) -> ProtocolSession:
     s = ProtocolSession("secret-key")
     s.connection_opened()
     s.data_to_send()
-    s.receive(frame(st("auth_success", "authenticated")))
+    s.receive(frame(st("auth_success", "authenticated")), NOW)
     if topics:
         s.subscribe(list(topics))
     s.data_to_send()
@@ -76,31 +78,31 @@ def test_messages_auth_then_subscribe_after_auth_success():
     assert s.data_to_send() == []  # nothing before a connection is authenticated
     s.connection_opened()
     assert [orjson.loads(m) for m in s.data_to_send()] == [{"action": "auth", "params": "secret-key"}]
-    s.receive(frame(st("connected", "Connected Successfully")))
+    s.receive(frame(st("connected", "Connected Successfully")), NOW)
     assert s.auth is AuthState.PENDING and s.data_to_send() == []
-    s.receive(frame(st("auth_success", "authenticated")))
+    s.receive(frame(st("auth_success", "authenticated")), NOW)
     assert s.auth is AuthState.OK
     assert [orjson.loads(m) for m in s.data_to_send()] == [{"action": "subscribe", "params": "T.AAPL,Q.AAPL"}]
-    assert s.by_state("pending") == ["T.AAPL", "Q.AAPL"]
+    assert s.by_status(TopicStatus.PENDING) == ["T.AAPL", "Q.AAPL"]
 
 
 def test_acks_tracked_per_topic():
     s = authed("T.AAPL", "Q.AAPL", "FMV.AAPL")
-    s.receive(frame(st("success", "subscribed to: T.AAPL"), st("error", "not authorized")))
-    assert s.topics["T.AAPL"].state == "acknowledged"
+    s.receive(frame(st("success", "subscribed to: T.AAPL"), st("error", "not authorized")), NOW)
+    assert s.topics["T.AAPL"].status is TopicStatus.ACKNOWLEDGED
     # An error naming no topic goes to the oldest unanswered subscribe: the server answers in order.
-    assert s.topics["Q.AAPL"].state == "rejected" and s.topics["Q.AAPL"].reason == "not authorized"
-    assert s.topics["FMV.AAPL"].state == "pending"
+    assert s.topics["Q.AAPL"].status is TopicStatus.REJECTED and s.topics["Q.AAPL"].reason == "not authorized"
+    assert s.topics["FMV.AAPL"].status is TopicStatus.PENDING
     assert not s.settled() and s.settled(["T.AAPL", "Q.AAPL"])
-    s.receive(frame(st("success", "subscribed to: FMV.AAPL")))
+    s.receive(frame(st("success", "subscribed to: FMV.AAPL")), NOW)
     assert s.settled()
     assert s.last_error == "error: not authorized"
 
 
 def test_error_naming_a_topic_rejects_that_topic():
     s = authed("T.A", "T.AAPL")
-    s.receive(frame(st("error", "not authorized: T.AAPL")))
-    assert s.topics["T.AAPL"].state == "rejected" and s.topics["T.A"].state == "pending"
+    s.receive(frame(st("error", "not authorized: T.AAPL")), NOW)
+    assert s.topics["T.AAPL"].status is TopicStatus.REJECTED and s.topics["T.A"].status is TopicStatus.PENDING
 
 
 def test_subscription_limit_error():
@@ -109,35 +111,36 @@ def test_subscription_limit_error():
         frame(
             st("success", "subscribed to: Q.O:A"),
             st("error", "Subscription limit reached for feed. Please remove some subscriptions and try again."),
-        )
+        ),
+        NOW,
     )
-    assert s.topics["Q.O:B"].state == "rejected" and "limit" in s.topics["Q.O:B"].reason
+    assert s.topics["Q.O:B"].status is TopicStatus.REJECTED and "limit" in s.topics["Q.O:B"].reason
 
 
 def test_unsubscribe_and_resubscribe_after_reconnect():
     s = authed("T.AAPL", "Q.AAPL")
-    s.receive(frame(st("success", "subscribed to: T.AAPL"), st("success", "subscribed to: Q.AAPL")))
+    s.receive(frame(st("success", "subscribed to: T.AAPL"), st("success", "subscribed to: Q.AAPL")), NOW)
     assert s.unsubscribe(["Q.AAPL", "T.NOPE"]) == ["Q.AAPL"]
     assert [orjson.loads(m) for m in s.data_to_send()] == [{"action": "unsubscribe", "params": "Q.AAPL"}]
     assert "Q.AAPL" in s.unsubscribing
-    s.receive(frame(st("success", "unsubscribed to: Q.AAPL")))
+    s.receive(frame(st("success", "unsubscribed to: Q.AAPL")), NOW)
     assert not s.unsubscribing
     # Drop and reconnect: auth first, then every active topic again.
     s.connection_lost()
-    assert s.auth is AuthState.DISCONNECTED and s.by_state("pending") == ["T.AAPL"]
+    assert s.auth is AuthState.DISCONNECTED and s.by_status(TopicStatus.PENDING) == ["T.AAPL"]
     s.connection_opened()
     assert orjson.loads(s.data_to_send()[0])["action"] == "auth"
-    s.receive(frame(st("auth_success", "authenticated")))
+    s.receive(frame(st("auth_success", "authenticated")), NOW)
     assert [orjson.loads(m) for m in s.data_to_send()] == [{"action": "subscribe", "params": "T.AAPL"}]
 
 
 def test_rejected_topic_is_not_resent_but_retried_on_explicit_subscribe():
     s = authed("T.AAPL")
-    s.receive(frame(st("error", "not authorized")))
+    s.receive(frame(st("error", "not authorized")), NOW)
     s.connection_lost()
     s.connection_opened()
     s.data_to_send()
-    s.receive(frame(st("auth_success", "authenticated")))
+    s.receive(frame(st("auth_success", "authenticated")), NOW)
     assert s.data_to_send() == []
     assert s.subscribe(["T.AAPL"]) == ["T.AAPL"]
     assert orjson.loads(s.data_to_send()[0]) == {"action": "subscribe", "params": "T.AAPL"}
@@ -149,7 +152,7 @@ def test_large_subscriptions_are_chunked():
     s.connection_lost()
     s.connection_opened()
     s.data_to_send()
-    s.receive(frame(st("auth_success", "authenticated")))
+    s.receive(frame(st("auth_success", "authenticated")), NOW)
     msgs = [orjson.loads(m) for m in s.data_to_send()]
     assert len(msgs) == 3 and sum(len(m["params"].split(",")) for m in msgs) == 1200
 
@@ -167,7 +170,7 @@ def test_large_subscriptions_are_chunked():
 )
 def test_terminal_statuses(status, terminal):
     s = authed()
-    s.receive(frame(st(status, "x")))
+    s.receive(frame(st(status, "x")), NOW)
     assert (s.terminal is not None) is terminal
     assert s.last_error == f"{status}: x"
     assert s.status_counts[status] == 1
@@ -176,14 +179,14 @@ def test_terminal_statuses(status, terminal):
 def test_auth_failed_plan_variant_recorded():
     s = ProtocolSession("k")
     s.connection_opened()
-    s.receive(frame(st("auth_failed", "Your plan doesn't include websocket access. Visit https://massive.com")))
+    s.receive(frame(st("auth_failed", "Your plan doesn't include websocket access. Visit https://massive.com")), NOW)
     assert s.auth is AuthState.FAILED and s.plan_lacks_websocket and s.terminal.kind is Status.AUTH_FAILED
 
 
 def test_data_frame_fast_path_keeps_raw_bytes():
     s = authed()
     data = frame({"ev": "T", "sym": "AAPL", "p": 1.5}, {"ev": "Q", "sym": "AAPL"}, {"ev": "T", "sym": "MSFT"})
-    f = s.receive(data)
+    f = s.receive(data, NOW)
     assert f.raw is data and f.count == 3 and f.statuses == [] and f.malformed is None
     assert {k.decode() if isinstance(k, bytes) else k: v for k, v in f.counts.items()} == {"T": 2, "Q": 1}
 
@@ -197,7 +200,7 @@ def test_every_vendor_event_type_takes_the_fast_path():
     for market, spec in MARKETS.items():
         events = [factory.event(market, ch, tk) for ch in spec.channels for tk in spec.wildcard_tickers]
         data = orjson.dumps(events)
-        f = s.receive(data)
+        f = s.receive(data, NOW)
         assert f.raw is data and f.count == len(events), market
         assert all(type(k) is bytes for k in f.counts), market  # bytes keys: the regex path, not a decode
     assert s.malformed_events == 0
@@ -205,16 +208,18 @@ def test_every_vendor_event_type_takes_the_fast_path():
 
 def test_mixed_status_and_data_frame():
     s = authed("T.AAPL")
-    f = s.receive(frame({"ev": "T", "sym": "AAPL"}, st("success", "subscribed to: T.AAPL"), {"ev": "T", "sym": "X"}))
+    f = s.receive(
+        frame({"ev": "T", "sym": "AAPL"}, st("success", "subscribed to: T.AAPL"), {"ev": "T", "sym": "X"}), NOW
+    )
     assert f.count == 2 and [e["sym"] for e in orjson.loads(f.raw)] == ["AAPL", "X"]
-    assert s.topics["T.AAPL"].state == "acknowledged"
+    assert s.topics["T.AAPL"].status is TopicStatus.ACKNOWLEDGED
     assert len(f.statuses) == 1
 
 
 def test_frame_with_whitespace_and_newlines_is_recoded_compact():
     s = authed()
     data = b'[{"ev": "T", "sym": "AAPL"},\n {"ev": "T", "sym": "MSFT"}]'
-    f = s.receive(data)
+    f = s.receive(data, NOW)
     assert f.count == 2 and b"\n" not in f.raw and orjson.loads(f.raw)[1]["sym"] == "MSFT"
     assert dict(f.counts) == {"T": 2}
 
@@ -237,28 +242,26 @@ def test_frame_with_whitespace_and_newlines_is_recoded_compact():
 )
 def test_malformed_frames_never_raise(data, count):
     s = authed()
-    f = s.receive(data)
+    f = s.receive(data, NOW)
     assert f.count == count
     if count:
         assert len(orjson.loads(f.raw)) == count
 
 
 def test_invalid_utf8_is_dropped_and_counted_at_receive_time():
-    from mcp_polygon.streams.buffer import MessageBuffer
-
     s = authed()
-    b = MessageBuffer(10)
+    kept = []  # what the I/O layer would hand to the buffer: frames with data events
     for data in (b'[{"ev":"T","sym":"\xff\xfe"}]', frame({"ev": "T", "sym": "OK"})):
-        f = s.receive(data)
+        f = s.receive(data, NOW)
         if f.raw is not None:
-            b.append(f.raw, f.count, 1.0)
-    assert [e["sym"] for _, _, e in b.read(10).events] == ["OK"]
-    assert b.head == 1 and s.malformed_frames == 1  # no sequence number was spent on the broken frame
+            kept.append(f)
+    # No sequence number can be spent on the broken frame: it never reaches the buffer.
+    assert [(f.count, orjson.loads(f.raw)[0]["sym"]) for f in kept] == [(1, "OK")] and s.malformed_frames == 1
 
 
 def test_non_ascii_frames_are_still_delivered():
     s = authed()
-    f = s.receive(frame({"ev": "T", "sym": "ÄPFEL"}, {"ev": "T", "sym": "B"}))
+    f = s.receive(frame({"ev": "T", "sym": "ÄPFEL"}, {"ev": "T", "sym": "B"}), NOW)
     assert f.count == 2 and [e["sym"] for e in orjson.loads(f.raw)] == ["ÄPFEL", "B"]
 
 
@@ -277,7 +280,7 @@ def test_non_ascii_frames_are_still_delivered():
 )
 def test_what_is_counted_is_what_is_readable(data, readable, malformed):
     s = authed()
-    f = s.receive(data)
+    f = s.receive(data, NOW)
     assert f.count == len(readable) and [e["sym"] for e in orjson.loads(f.raw)] == readable
     assert sum(f.counts.values()) == f.count
     assert s.malformed_events == malformed and (f.malformed is not None) == bool(malformed)
@@ -328,7 +331,7 @@ def test_property_the_count_equals_the_readable_data_events():
         readable = [e for e in decoded if type(e) is dict and type(e.get("ev")) is str and e["ev"] != "status"]
         bad = sum(1 for e in decoded if not (type(e) is dict and type(e.get("ev")) is str))
         s = authed()
-        f = s.receive(data)
+        f = s.receive(data, NOW)
         assert f.count == len(readable), data
         assert (orjson.loads(f.raw) if f.raw is not None else []) == readable, data
         if f.count:
@@ -339,29 +342,100 @@ def test_property_the_count_equals_the_readable_data_events():
 
 def test_malformed_counters():
     s = authed()
-    s.receive(b"nope")
-    s.receive(b'[{"ev":"T"}, 7]')
+    s.receive(b"nope", NOW)
+    s.receive(b'[{"ev":"T"}, 7]', NOW)
     assert s.malformed_frames == 1 and s.malformed_events == 1 and "dropped" in s.last_malformed
 
 
 def test_status_only_frame_has_no_data():
     s = authed()
-    f = s.receive(frame(st("slow_consumer", "too slow")))
+    f = s.receive(frame(st("slow_consumer", "too slow")), NOW)
     assert f.raw is None and f.count == 0 and f.statuses[0].kind is Status.SLOW_CONSUMER
 
 
 def test_key_never_in_repr_of_state():
     s = authed("T.AAPL")
-    s.receive(frame(st("auth_failed", "authentication failed")))
+    s.receive(frame(st("auth_failed", "authentication failed")), NOW)
     text = repr(s.__dict__.get("topics")) + repr(s.last_status) + str(s.last_error) + repr(list(s.history))
     assert "secret-key" not in text
 
 
 def test_the_key_echoed_by_the_vendor_is_masked_everywhere_the_session_keeps_text():
     s = authed("T.AAPL")
-    s.receive(frame(st("error", "not authorized for secret-key"), st("slow_consumer", "secret-key, too slow")))
+    s.receive(frame(st("error", "not authorized for secret-key"), st("slow_consumer", "secret-key, too slow")), NOW)
     texts = [s.last_error, s.topics["T.AAPL"].reason, repr(s.last_status), repr(list(s.history)), repr(s.warning)]
     assert all("secret-key" not in t for t in texts), texts
     assert s.topics["T.AAPL"].reason == "not authorized for ***" and s.warning.message == "***, too slow"
-    s.receive(b"x" * 55 + b"secret-key and the rest")  # not JSON, and the key straddles the 60-character preview
+    s.receive(b"x" * 55 + b"secret-key and the rest", NOW)  # not JSON, and the key straddles the 60-character preview
     assert "secre" not in s.last_malformed and "***" in s.last_malformed
+
+
+# -- issue 8: states are enums, time comes in from outside, changes go through methods ---------------------------
+
+
+def test_the_session_never_reads_the_clock(monkeypatch):
+    """Sans-I/O: every time the session keeps is the `now_ns` it was handed, so a test replays it exactly."""
+    import time
+
+    def no_clock() -> float:
+        raise AssertionError("the protocol session read the clock")
+
+    for name in ("time", "time_ns", "monotonic", "monotonic_ns"):
+        monkeypatch.setattr(time, name, no_clock)
+    s = ProtocolSession("secret-key")
+    s.subscribe(["T.AAPL", "Q.AAPL"])
+    s.connection_opened()
+    s.receive(frame(st("auth_success", "authenticated")), 5 * 10**9)
+    s.receive(frame(st("success", "subscribed to: T.AAPL"), st("error", "not authorized")), 7 * 10**9)
+    s.unsubscribe(["T.AAPL"])
+    s.receive(frame({"ev": "T", "sym": "AAPL"}), 8 * 10**9)
+    s.connection_lost()
+    assert [t for t, _ in s.history] == [5.0, 7.0, 7.0]
+    assert s.last_error == "error: not authorized" and s.last_error_at == 7.0
+    assert s.topics["Q.AAPL"].status is TopicStatus.REJECTED
+
+
+def test_topic_states_are_enums_and_the_views_are_read_only():
+    s = authed("T.AAPL", "Q.AAPL")
+    s.receive(frame(st("success", "subscribed to: T.AAPL")), NOW)
+    assert [st.status for st in s.topics.values()] == [TopicStatus.ACKNOWLEDGED, TopicStatus.PENDING]
+    assert s.all_acknowledged(["T.AAPL"]) and not s.all_acknowledged(["T.AAPL", "Q.AAPL"])
+    assert not s.all_acknowledged(["T.NOPE"])
+    s.receive(frame(st("error", "not authorized")), NOW)
+    assert s.rejections() == {"Q.AAPL": "not authorized"}
+    with pytest.raises(TypeError):
+        s.topics["X.Y"] = s.topics["T.AAPL"]  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        s.auth = AuthState.OK  # type: ignore[misc]
+
+
+def test_reset_auth_failure_lets_a_new_start_try_the_key_again():
+    s = ProtocolSession("k3y-k3y")
+    s.connection_opened()
+    s.receive(frame(st("auth_failed", "authentication failed")), NOW)
+    s.connection_lost()
+    assert s.auth is AuthState.FAILED  # a drop does not forget it: the supervisor must not retry a bad key
+    s.reset_auth_failure()
+    assert s.auth is AuthState.DISCONNECTED
+    s.connection_opened()
+    s.receive(frame(st("auth_success", "authenticated")), NOW)
+    s.reset_auth_failure()  # only a failure is forgotten
+    assert s.auth is AuthState.OK
+
+
+def test_an_acknowledgement_does_not_survive_a_reconnect():
+    s = authed("T.AAPL")
+    s.receive(frame(st("success", "subscribed to: T.AAPL")), NOW)
+    s.connection_lost()
+    assert s.topics["T.AAPL"].status is TopicStatus.PENDING and not s.topics["T.AAPL"].sent
+    assert not s.settled(["T.AAPL"])
+
+
+def test_the_unsubscribing_view_stays_true_across_a_reconnect():
+    s = authed("T.AAPL")
+    s.receive(frame(st("success", "subscribed to: T.AAPL")), NOW)
+    s.unsubscribe(["T.AAPL"])
+    view = s.unsubscribing  # what a waiter in the manager holds while the socket drops
+    assert list(view) == ["T.AAPL"]
+    s.connection_lost()  # the new connection will not have the topic: nothing is left to wait for
+    assert list(view) == [] and not s.unsubscribing

@@ -8,14 +8,24 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import orjson
+import pytest
 
 from mcp_polygon.streams import recorder as rec
-from mcp_polygon.streams.markets import MARKETS, make_matcher, parse_filter
+from mcp_polygon.streams.markets import MARKETS
+from mcp_polygon.streams.query import Direction, parse_filter, read_plan
 
 S = 1_000_000_000  # ns per second
 T0 = 1_700_000_000 * S
+STOCKS = MARKETS["stocks"]
+
+
+def replay(directory: Path, from_ns: int, to_ns: int, *, limit: int = 1000, channel_filter: str | None = None):
+    """rec.replay of the plan the replay tool builds for these arguments."""
+    plan = read_plan(STOCKS, parse_filter(STOCKS, channel_filter), limit=limit, from_ns=from_ns, to_ns=to_ns)
+    return rec.replay(directory, plan)
 
 
 def frame(i: int, n: int = 3, sym: str = "AAPL") -> bytes:
@@ -27,7 +37,7 @@ def test_write_then_replay_window(tmp_path):
     for i in range(10):
         r.write(frame(i), 3, T0 + i * S)
     r.flush()
-    out = rec.replay(tmp_path, T0 + 2 * S, T0 + 5 * S - 1)
+    out = replay(tmp_path, T0 + 2 * S, T0 + 5 * S - 1)
     assert [e["p"] for _, e in out.events] == [2.0] * 3 + [3.0] * 3 + [4.0] * 3
     # Event k of a frame is stamped frame time + k ns: unique, increasing.
     assert [ns for ns, _ in out.events][:3] == [T0 + 2 * S, T0 + 2 * S + 1, T0 + 2 * S + 2]
@@ -42,7 +52,7 @@ def test_replay_pages_exactly_with_next_from(tmp_path):
     r.flush()
     got, start = [], T0
     while True:
-        out = rec.replay(tmp_path, start, T0 + 100 * S, limit=7)
+        out = replay(tmp_path, start, T0 + 100 * S, limit=7)
         got += [(e["p"], e["k"]) for _, e in out.events]
         if not out.more:
             break
@@ -56,7 +66,7 @@ def test_stamps_stay_increasing_when_frames_share_a_time(tmp_path):
     r.write(frame(1, 3), 3, T0)  # same receive time
     r.write(frame(2, 3), 3, T0 - S)  # clock stepped back
     r.flush()
-    stamps = [ns for ns, _ in rec.replay(tmp_path, 0, T0 + S).events]
+    stamps = [ns for ns, _ in replay(tmp_path, 0, T0 + S).events]
     assert stamps == sorted(set(stamps)) and len(stamps) == 9
 
 
@@ -67,7 +77,7 @@ def test_rotation_and_only_overlapping_segments_are_read(tmp_path):
     r.close()
     segs = rec.list_segments(tmp_path)
     assert len(segs) > 10 and all(s.closed for s in segs)
-    out = rec.replay(tmp_path, T0 + 100 * S, T0 + 101 * S)
+    out = replay(tmp_path, T0 + 100 * S, T0 + 101 * S)
     assert {e["p"] for _, e in out.events} == {100.0, 101.0}
     assert out.segments_read <= 2 and out.segments_total == len(segs)
 
@@ -82,7 +92,7 @@ def test_replay_bisects_inside_a_large_segment(tmp_path):
     with open(seg.path, "rb") as f:
         off = rec._seek_line_before(f, seg.size, T0 + 15_000 * S)
     assert off > seg.size // 2  # it did not start from the top
-    out = rec.replay(tmp_path, T0 + 15_000 * S, T0 + 15_002 * S - 1)
+    out = replay(tmp_path, T0 + 15_000 * S, T0 + 15_002 * S - 1)
     assert [e["p"] for _, e in out.events] == [15000.0, 15000.0, 15001.0, 15001.0]
 
 
@@ -94,7 +104,7 @@ def test_retention_deletes_oldest_segments(tmp_path):
     segs = rec.list_segments(tmp_path)
     assert sum(s.size for s in segs) <= 20_000 + 4_000
     assert r.segments_deleted > 0
-    out = rec.replay(tmp_path, 0, T0 + 1000 * S, limit=10_000)
+    out = replay(tmp_path, 0, T0 + 1000 * S, limit=10_000)
     ps = [e["p"] for _, e in out.events]
     assert ps[-1] == 399.0 and ps[0] > 0  # the oldest are gone, the newest kept
 
@@ -107,7 +117,7 @@ def test_replay_after_restart_and_new_writer_continues(tmp_path):
     r2 = rec.Recorder(tmp_path, 1 << 30)  # a new process on the same data dir
     r2.write(frame(5), 3, T0 + 2 * S)  # its clock says earlier: stamps still continue after what is recorded
     r2.flush()
-    out = rec.replay(tmp_path, 0, T0 + 100 * S, limit=100)
+    out = replay(tmp_path, 0, T0 + 100 * S, limit=100)
     assert [e["p"] for _, e in out.events][-4:] == [4.0, 5.0, 5.0, 5.0]
     stamps = [ns for ns, _ in out.events]
     assert stamps == sorted(stamps)
@@ -128,7 +138,7 @@ def test_open_segment_of_a_dead_process_is_finalized(tmp_path):
     (seg,) = rec.list_segments(tmp_path)
     assert not seg.closed
     # Replay works on it as it is (its end time comes from its tail)...
-    assert [e["p"] for _, e in rec.replay(tmp_path, 0, T0 + 10 * S).events] == [1.0, 2.0]
+    assert [e["p"] for _, e in replay(tmp_path, 0, T0 + 10 * S).events] == [1.0, 2.0]
     # ...and the next writer renames it with its time range.
     r = rec.Recorder(tmp_path, 1 << 30)
     r.write(frame(9), 3, T0 + 5 * S)
@@ -146,22 +156,51 @@ def test_partial_last_line_and_garbage_are_skipped(tmp_path):
         f.write(b"garbage line\n")
         f.write(b"%d not json\n" % (T0 + S))
         f.write(b'%d [{"ev":"T","p":' % (T0 + 2 * S))  # cut mid-write
-    out = rec.replay(tmp_path, 0, T0 + 10 * S)
+    out = replay(tmp_path, 0, T0 + 10 * S)
     assert [e["p"] for _, e in out.events] == [1.0, 1.0, 1.0]
 
 
-def test_replay_filter_and_needles(tmp_path):
+def test_replay_filter(tmp_path):
     r = rec.Recorder(tmp_path, 1 << 30)
     for i in range(10):
         r.write(frame(i, 2, "AAPL" if i % 2 else "MSFT"), 2, T0 + i * S)
     r.flush()
-    flt = parse_filter(MARKETS["stocks"], "T.AAPL")
-    out = rec.replay(tmp_path, 0, T0 + 100 * S, match=make_matcher(MARKETS["stocks"], flt), needles=flt.needles())
+    out = replay(tmp_path, 0, T0 + 100 * S, channel_filter="T.AAPL")
     assert {e["sym"] for _, e in out.events} == {"AAPL"} and len(out.events) == 10
+    assert [e["p"] for _, e in out.events] == [float(i) for i in range(1, 10, 2) for _ in range(2)]
+
+
+def test_replay_decodes_no_line_without_the_tickers_bytes(tmp_path, monkeypatch):
+    r = rec.Recorder(tmp_path, 1 << 30)
+    for i in range(10):
+        r.write(frame(i, 2, "AAPL" if i == 4 else "MSFT"), 2, T0 + i * S)
+    r.flush()
+    decoded = []
+    real = rec._line_events
+    monkeypatch.setattr(rec, "_line_events", lambda raw: decoded.append(raw) or real(raw))
+    out = replay(tmp_path, 0, T0 + 100 * S, channel_filter="T.AAPL")
+    assert [e["p"] for _, e in out.events] == [4.0, 4.0] and len(decoded) == 1
+
+
+def test_replay_takes_open_time_bounds_and_refuses_what_only_the_buffer_has(tmp_path):
+    r = rec.Recorder(tmp_path, 1 << 30)
+    for i in range(4):
+        r.write(frame(i, 2), 2, T0 + i * S)
+    r.flush()
+    everything = read_plan(STOCKS, parse_filter(STOCKS, None), limit=100, direction=Direction.FORWARD)
+    assert [e["p"] for _, e in rec.replay(tmp_path, everything).events] == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    until = read_plan(STOCKS, parse_filter(STOCKS, None), limit=100, to_ns=T0 + S, direction=Direction.FORWARD)
+    assert [e["p"] for _, e in rec.replay(tmp_path, until).events] == [0.0, 0.0, 1.0]  # event k is stamped +k ns
+    newest = read_plan(STOCKS, parse_filter(STOCKS, None), limit=100)
+    with pytest.raises(ValueError, match="forward"):
+        rec.replay(tmp_path, newest)
+    after_seq = read_plan(STOCKS, parse_filter(STOCKS, None), limit=100, since_seq=3, from_ns=0)
+    with pytest.raises(ValueError, match="since_seq"):
+        rec.replay(tmp_path, after_seq)
 
 
 def test_missing_directory_and_empty_window(tmp_path):
-    out = rec.replay(tmp_path / "nothing", 0, T0)
+    out = replay(tmp_path / "nothing", 0, T0)
     assert out.events == [] and out.segments_total == 0 and out.recorded_from_ns is None
 
 
@@ -250,7 +289,7 @@ def page_through(directory, from_ns: int, to_ns: int, limit: int = 1000) -> tupl
     corrupt = pages = 0
     start = from_ns
     while True:
-        out = rec.replay(directory, start, to_ns, limit=limit)
+        out = replay(directory, start, to_ns, limit=limit)
         got += [e["i"] for _, e in out.events]
         corrupt += out.corrupt_lines
         pages += 1
@@ -298,7 +337,7 @@ def test_bisection_is_not_misled_by_damaged_times(tmp_path):
     edits = {i: b"%d" % (T0 + (i // 4) * S) + original_line(tmp_path, i)[19:] for i in range(2_001, 4_000, 2)}
     damage(tmp_path, edits)
     for start in range(150, LINES - 30, 29):
-        out = rec.replay(tmp_path, T0 + start * S, T0 + (start + 20) * S, limit=100)
+        out = replay(tmp_path, T0 + start * S, T0 + (start + 20) * S, limit=100)
         assert [e["i"] for _, e in out.events] == [i for i in range(start, start + 21) if i not in edits], start
 
 
@@ -365,7 +404,7 @@ def test_an_unwritable_directory_is_retried_at_resume_and_when_due(tmp_path, cap
     assert r.state is rec.RecordingState.ON and r.status().describe().startswith("on (")
     r.write(frame(1), 3, T0)
     r.close()
-    assert len(rec.replay(blocker / "stocks", 0, T0 + S).events) == 3
+    assert len(replay(blocker / "stocks", 0, T0 + S).events) == 3
 
 
 def test_disk_full_stops_recording_and_the_next_start_records_again(tmp_path):
@@ -384,5 +423,5 @@ def test_disk_full_stops_recording_and_the_next_start_records_again(tmp_path):
     assert r.resume() is rec.RecordingState.ON  # a stream start
     r.write(frame(3), 3, T0 + 3 * S)
     r.close()
-    out = rec.replay(tmp_path, 0, T0 + 10 * S)
+    out = replay(tmp_path, 0, T0 + 10 * S)
     assert [e["p"] for _, e in out.events] == [0.0] * 3 + [3.0] * 3 and out.corrupt_lines == 0

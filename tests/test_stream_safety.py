@@ -341,3 +341,25 @@ async def test_control_and_status_answers_and_errors_are_bounded(sim, settings):
             assert err and len(text) <= 2_000
         text, err = await call(client, "get_stocks_stream_messages", format="x" * 100_000)
         assert err and len(text) <= 2_000 and "'csv' or 'json'" in text
+
+
+# -- the key in an agent's own channel names ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "channel",
+    [
+        "T.{key}",  # a valid-looking ticker: subscribed as-is it would come back upper-cased, which no mask finds
+        "T." + "A" * 30 + "{key}",  # a refusal quotes the channel cut at 40 characters: the cut splits the key
+        "{key}",
+    ],
+)
+async def test_a_channel_holding_the_key_is_refused_without_showing_any_of_it(channel, client, sim):
+    key = sim.api_key
+    text, err = await call(client, "start_stocks_stream", channels=[channel.format(key=key)])
+    assert err and "T.AAPL" in text  # refused, naming the valid form
+    for piece in (key, key.upper(), key[:4], key.upper()[:4]):
+        assert piece not in text, (piece, text)
+    assert sim.ws.connect_count("stocks") == 0
+    text, err = await call(client, "get_stocks_stream_messages", channel_filter=channel.format(key=key))
+    assert err and all(piece not in text for piece in (key, key.upper(), key[:4], key.upper()[:4])), text

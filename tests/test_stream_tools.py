@@ -17,6 +17,7 @@ import pytest
 from conftest import mcp_session, text_of
 from mcp_polygon.config import STREAM_MARKETS, Settings
 from mcp_polygon.server import build_app
+from mcp_polygon.streams.connection import ConnectionState
 
 # One subscription per market that streams (a ticker the simulator knows), one for a second event type,
 # and a channel_filter that matches only the first.
@@ -61,6 +62,12 @@ async def until(predicate: Callable[[], object], seconds: float = 10.0, every: f
 
 def next_seq(text: str) -> int:
     return int(re.findall(r"next since_seq=(\d+)", text)[-1])
+
+
+def test_every_connection_state_has_words_for_the_agent():
+    from mcp_polygon.streams.tools import STATE_TEXTS
+
+    assert set(STATE_TEXTS) == set(ConnectionState)
 
 
 async def test_48_tools_are_registered(client):
@@ -200,8 +207,12 @@ async def test_auth_failure_is_a_fast_tool_error_without_retries(plan, sim, tmp_
         assert time.monotonic() - started < 5
         assert err and key not in text
         assert ("plan" in text) if plan else ("rejected the API key" in text)
-        await asyncio.sleep(0.6)  # several backoff periods: a retry loop would show here
-        assert sim.ws.connect_count("stocks") == 1
+        # The supervisor ends (it may still be closing the socket when the tool answers); once it has, no retry can
+        # come: it never waited for one, and it connected once.
+        stream = app.streams.stream("stocks")
+        await until(lambda: not stream.active)
+        assert stream.state is ConnectionState.AUTH_FAILED and sim.ws.connect_count("stocks") == 1
+        assert app.streams.status("stocks").connection.reconnects == 0
         status = await ok(client, "get_stocks_stream_status")
         assert "authentication failed" in status and key not in status
 
@@ -222,7 +233,10 @@ async def test_reconnect_after_server_restart(client, sim, app):
     await ok(client, "start_forex_stream", channels=["C.EUR/USD"])
     await sim.ws.restart()
     await until(
-        lambda: sim.ws.subscriptions("forex") == {"C.EUR/USD"} and app.streams.stream("forex").state == "streaming"
+        lambda: (
+            sim.ws.subscriptions("forex") == {"C.EUR/USD"}
+            and app.streams.stream("forex").state is ConnectionState.STREAMING
+        )
     )
 
 
@@ -268,12 +282,16 @@ async def test_max_connections_does_not_start_a_reconnect_storm(sim, settings, c
     # A second process (another App) on the same key and market takes the slot.
     async with build_app(settings) as other, mcp_session(other.server) as client2:
         await ok(client2, "start_indices_stream", channels=["V.I:SPX"])
-        await until(lambda: app.streams.stream("indices").state == "cooldown")
+        await until(lambda: app.streams.stream("indices").state is ConnectionState.COOLDOWN)
         status = await ok(client, "get_indices_stream_status")
         assert "max_connections" in status
-        await asyncio.sleep(2.0)
+        # No storm, shown by what the supervisor is doing rather than by waiting: it sits out the 60 s cooldown
+        # (only stop() wakes it early), so the other connection keeps the slot.
+        ours = app.streams.status("indices").connection
+        assert ours.state is ConnectionState.COOLDOWN and ours.retry_at is not None
+        assert ours.retry_at - time.time() > 50
         assert sim.ws.connect_count("indices") == 2 and sim.ws.connections("indices") == 1
-        assert other.streams.stream("indices").state == "streaming"
+        assert other.streams.stream("indices").state is ConnectionState.STREAMING
 
 
 async def test_gap_is_reported_when_events_were_overwritten(sim, settings):

@@ -1,7 +1,8 @@
 """Vendor JSON -> rows -> compact CSV, with explicit markers when anything is left out.
 
 Agents pay per token: CSV states each column name once, where JSON repeats every key on every row. The envelope
-(status, request_id, count, next_url, ...) is dropped; nested objects become `parent_child` columns.
+(status, request_id, count, next_url, ...) is dropped; nested objects become `parent_child` columns. A value's text
+in its cell follows the rules in mcp_polygon/cells.py, the same as stream answers.
 
 Shapes handled (all seen in the vendor OpenAPI examples):
 - a `results`, `tickers` or `data` list           -> one row per item
@@ -16,16 +17,15 @@ Shapes handled (all seen in the vendor OpenAPI examples):
 from __future__ import annotations
 
 import base64
-import csv
-import io
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from mcp_polygon.cells import cell_text, csv_field, csv_line, quoted
 
 # Top-level keys that describe the response rather than the data.
 ENVELOPE_KEYS = frozenset({"status", "request_id", "count", "next_url", "resultsCount", "queryCount", "adjusted"})
@@ -60,12 +60,8 @@ def _is_datapoint(value: Mapping[str, Any]) -> bool:
     return "value" in value and len(value) > 1 and set(value) <= _DATAPOINT_KEYS
 
 
-def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | float | bool)
-
-
 def flatten(obj: Mapping[str, Any], prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
-    """{"day": {"o": 1}} -> {"day_o": 1}; lists of scalars stay lists (joined when written), others become JSON."""
+    """{"day": {"o": 1}} -> {"day_o": 1}. Lists stay as they are: their text is the cell formatter's business."""
     out = {} if out is None else out
     for key, value in obj.items():
         name = f"{prefix}_{key}" if prefix else str(key)
@@ -74,8 +70,6 @@ def flatten(obj: Mapping[str, Any], prefix: str = "", out: dict[str, Any] | None
                 out[name] = value.get("value")
             elif value:
                 flatten(value, name, out)
-        elif isinstance(value, list) and not all(_is_scalar(v) for v in value):
-            out[name] = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
         else:
             out[name] = value
     return out
@@ -135,18 +129,8 @@ def extract_sections(body: Any) -> list[Section]:
 # rows -> CSV
 
 
-def format_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
-            return str(int(value))  # 135647456.0 -> 135647456
-        return repr(value)
-    if isinstance(value, list):
-        return "|".join(format_cell(v) for v in value)
-    return str(value)
+# The text of one value before CSV quoting, under the name analytics/ imports it by.
+format_cell = cell_text
 
 
 def columns_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -156,12 +140,6 @@ def columns_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         for key in row:
             seen.setdefault(key, None)
     return list(seen)
-
-
-def _csv_line(values: Iterable[str]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(list(values))
-    return buf.getvalue()
 
 
 @dataclass
@@ -224,11 +202,11 @@ def render(
         for item in islice(section.items, visible):
             row = _row(item)
             rows.append(row)
-            estimate += sum(len(format_cell(v)) + 1 for v in row.values())
+            estimate += sum(len(cell_text(v)) + 1 for v in row.values())
             if estimate > budget:
                 break
         cols = columns_of(rows)
-        block = (f"# {section.title}\n" if section.title else "") + _csv_line(cols)
+        block = (f"# {section.title}\n" if section.title else "") + csv_line(list(map(quoted, cols))) + "\n"
         if used + len(block) > budget:
             truncated = True
             dropped_size += visible
@@ -237,7 +215,7 @@ def render(
         used += len(block)
         written = 0
         for row in rows:
-            line = _csv_line(format_cell(row.get(c)) for c in cols)
+            line = csv_line([csv_field(row.get(c)) for c in cols]) + "\n"
             if used + len(line) > budget:
                 break
             parts.append(line)
@@ -319,5 +297,5 @@ def params_from_token(token: str) -> dict[str, str]:
 
 def call_hint(tool: str, args: Mapping[str, Any]) -> str:
     """`call list_trades with ticker="AAPL", cursor="abc"`, ready to copy."""
-    rendered = ", ".join(f"{k}={json.dumps(v) if isinstance(v, str) else format_cell(v)}" for k, v in args.items())
+    rendered = ", ".join(f"{k}={json.dumps(v) if isinstance(v, str) else cell_text(v)}" for k, v in args.items())
     return f"call {tool} with {rendered}"

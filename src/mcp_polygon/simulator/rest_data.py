@@ -468,7 +468,7 @@ class RestResponder:
     def _indicator(
         self, route: Route, values: Mapping[str, str], query: Mapping[str, str], path: str, base_url: str
     ) -> dict[str, Any]:
-        body = _substitute(copy.deepcopy(route.entry["body"]), self._replacements(route, values))
+        body: dict[str, Any] = _substitute(copy.deepcopy(route.entry["body"]), self._replacements(route, values))
         ticker = next(iter(values.values()))
         results = body.get("results") or {}
         examples = results.get("values") or [{"timestamp": 1517562000016, "value": 100.0}]

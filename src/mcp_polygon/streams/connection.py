@@ -11,8 +11,10 @@ Keep-alive pings detect a dead peer; a drop without a close frame is just anothe
 Everything this module writes (log lines, last_error, last_disconnect) passes through the session's Redactor: the
 vendor's status and close messages may echo what it was sent, the key included.
 
-The read loop does the minimum per frame: receive bytes, `session.receive()` (one orjson.loads + one Counter),
-hand the frame to the sink. Tools never touch the socket; they only send subscribe/unsubscribe messages.
+The read loop does the minimum per frame: receive bytes, read the clock once, `session.receive(data, now_ns)` (for a
+frame of data events only: two regex scans and a Counter, no JSON decoding), hand the frame to the sink. This is
+the only place that reads the clock for the session. Tools never touch the socket; they only send
+subscribe/unsubscribe messages.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -66,7 +70,7 @@ class Pulse:
         return True
 
 
-class ConnectionState:
+class ConnectionState(StrEnum):
     IDLE = "idle"
     CONNECTING = "connecting"
     AUTHENTICATING = "authenticating"
@@ -76,6 +80,41 @@ class ConnectionState:
     AUTH_FAILED = "auth_failed"
     FAILED = "failed"  # unusable endpoint; not retried
     STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """How a connection waits, times out and keeps alive (seconds). The defaults are the product's values; tests
+    and benchmarks pass shorter ones explicitly."""
+
+    backoff_first: float = 0.25  # the ceiling of the second reconnect's jittered wait (the first goes at once)
+    backoff_max: float = 30.0
+    healthy_after: float = 30.0  # a socket that streamed this long resets the backoff
+    cooldown: float = 60.0  # after max_connections, doubling per repeat up to cooldown_max
+    cooldown_max: float = 600.0
+    auth_timeout: float = 10.0
+    open_timeout: float = 10.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    compression: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatus:
+    """A snapshot of one connection's life, for the status tool. Texts are masked already; times are Unix s."""
+
+    state: ConnectionState = ConnectionState.IDLE
+    connects: int = 0  # sockets opened
+    reconnects: int = 0  # reconnect attempts after a drop
+    connected_since: float | None = None
+    retry_at: float | None = None  # the next attempt, while waiting out a backoff or a cooldown
+    last_disconnect: str | None = None
+    last_disconnect_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+NEVER_STARTED = ConnectionStatus()
 
 
 # getaddrinfo answers that say the name does not exist (as opposed to EAI_AGAIN, "try again later").
@@ -142,36 +181,17 @@ class Connection:
         session: ProtocolSession,
         sink: Sink,
         pulse: Pulse,
+        options: ConnectionOptions | None = None,
         *,
         label: str = "",
-        backoff_first: float = 0.25,
-        backoff_max: float = 30.0,
-        healthy_after: float = 30.0,
-        cooldown: float = 60.0,
-        cooldown_max: float = 600.0,
-        auth_timeout: float = 10.0,
-        open_timeout: float = 10.0,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float | None = 20.0,
-        compression: str | None = None,
-        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.url = url
         self.session = session
         self._sink = sink
         self.pulse = pulse
-        self._redact: Callable[[str], str] = redact or session.redact
+        self.options = options if options is not None else ConnectionOptions()
+        self._redact = session.redact
         self.label = label or shown(self._redact(url))  # masked before it is cut
-        self.backoff_first = backoff_first
-        self.backoff_max = backoff_max
-        self.healthy_after = healthy_after
-        self.cooldown = cooldown
-        self.cooldown_max = cooldown_max
-        self.auth_timeout = auth_timeout
-        self.open_timeout = open_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.compression = compression
         self.state = ConnectionState.IDLE
         self.connects = 0  # sockets opened
         self.reconnects = 0  # reconnect attempts after a drop
@@ -221,9 +241,18 @@ class Connection:
             self.connected_since = None
             self.pulse.notify()
 
-    def retry_now(self) -> None:
-        """Skip the current backoff or cooldown wait (used when a tool asks to start again)."""
-        self._wake.set()
+    def status(self) -> ConnectionStatus:
+        return ConnectionStatus(
+            self.state,
+            self.connects,
+            self.reconnects,
+            self.connected_since,
+            self.retry_at,
+            self.last_disconnect,
+            self.last_disconnect_at,
+            self.last_error,
+            self.last_error_at,
+        )
 
     async def flush(self) -> None:
         """Send what the session queued (subscribe/unsubscribe) if a socket is up; else it is resent on connect."""
@@ -244,7 +273,8 @@ class Connection:
         and the vendor's own client reconnects at once), then jittered doubling from backoff_first."""
         if self.attempts == 0:
             return 0.0
-        ceiling = min(self.backoff_max, self.backoff_first * (2 ** min(self.attempts - 1, 16)))
+        options = self.options
+        ceiling = min(options.backoff_max, options.backoff_first * (2 ** min(self.attempts - 1, 16)))
         return random.uniform(ceiling / 2, ceiling)
 
     async def _supervise(self) -> None:
@@ -262,14 +292,14 @@ class Connection:
                     self.state = ConnectionState.AUTH_FAILED
                     self.pulse.notify()
                     return
-                if self.state == ConnectionState.FAILED:
+                if self.state is ConnectionState.FAILED:
                     self.pulse.notify()
                     return
                 if healthy:
                     self.attempts = 0
                     self._cooldowns = 0
                 if term is not None and term.kind is Status.MAX_CONNECTIONS:
-                    delay = min(self.cooldown_max, self.cooldown * (2**self._cooldowns))
+                    delay = min(self.options.cooldown_max, self.options.cooldown * (2**self._cooldowns))
                     self._cooldowns += 1
                     self.state = ConnectionState.COOLDOWN
                 else:
@@ -307,16 +337,17 @@ class Connection:
         self.pulse.notify()
         opened: float | None = None
         reason: str | None = None
+        options = self.options
         try:
             async with connect(
                 self.url,
-                open_timeout=self.open_timeout,
-                ping_interval=self.ping_interval,
-                ping_timeout=self.ping_timeout,
+                open_timeout=options.open_timeout,
+                ping_interval=options.ping_interval,
+                ping_timeout=options.ping_timeout,
                 close_timeout=2,
                 max_size=64 << 20,
                 max_queue=64,
-                compression=self.compression,
+                compression=options.compression,
                 proxy=None if _is_loopback(self.url) else True,
                 user_agent_header="mcp-polygon",
                 logger=wire_log,
@@ -346,11 +377,11 @@ class Connection:
         self.last_disconnect_at = time.time()
         if reason and not self._stopping:
             self.last_error, self.last_error_at = reason, time.time()
-            if self.state == ConnectionState.FAILED:
+            if self.state is ConnectionState.FAILED:
                 log.warning("stream %s: endpoint unusable, not retrying: %s", self.label, reason)
             else:
                 log.info("stream %s: disconnected: %s", self.label, reason)
-        return opened is not None and time.monotonic() - opened >= self.healthy_after
+        return opened is not None and time.monotonic() - opened >= options.healthy_after
 
     def _describe_error(self, exc: Exception, opened: bool) -> str:
         """One clause for why a socket ended. Raises EndpointError (with the clause) when retrying cannot help:
@@ -369,7 +400,7 @@ class Connection:
         if isinstance(exc, InvalidHandshake):
             return f"WebSocket handshake failed: {shown(self._redact(str(exc)), 160)}"
         if isinstance(exc, TimeoutError):
-            return f"no answer within {self.open_timeout:g} s"
+            return f"no answer within {self.options.open_timeout:g} s"
         if isinstance(exc, socket.gaierror):
             host = shown(urlsplit(self._redact(self.url)).hostname or "", 80)
             if exc.errno in _NO_SUCH_HOST and never_connected:
@@ -400,28 +431,30 @@ class Connection:
             await ws.send(message)
         recv = ws.recv
         receive = session.receive
+        time_ns = time.time_ns
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.auth_timeout
+        auth_timeout = self.options.auth_timeout
+        deadline = loop.time() + auth_timeout
         while session.auth is AuthState.PENDING:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return f"no authentication answer within {self.auth_timeout:g} s"
+                return f"no authentication answer within {auth_timeout:g} s"
             try:
                 data = await asyncio.wait_for(recv(decode=False), remaining)
             except TimeoutError:
-                return f"no authentication answer within {self.auth_timeout:g} s"
-            reason = await self._after_frame(ws, receive(data), time.time_ns())
+                return f"no authentication answer within {auth_timeout:g} s"
+            now = time_ns()
+            reason = await self._after_frame(ws, receive(data, now), now)
             if reason:
                 return reason
         if session.auth is not AuthState.OK:
             return "not authenticated"
         self.state = ConnectionState.STREAMING
         self.pulse.notify()
-        time_ns = time.time_ns
         while True:
             data = await recv(decode=False)
             now = time_ns()
-            frame = receive(data)
+            frame = receive(data, now)
             if frame.raw is not None:
                 sink(frame, now)
                 if not frame.statuses:

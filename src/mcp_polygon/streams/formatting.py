@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain, repeat
 from operator import itemgetter
+from typing import Any
 
 import orjson
 
+from mcp_polygon.cells import csv_column, csv_line, quoted
 from mcp_polygon.streams.markets import Market
 
 
@@ -142,69 +144,19 @@ def ago(ts_s: float | None, now: float | None = None) -> str:
 # -- CSV ---------------------------------------------------------------------------------------------------------
 
 
-def _cell(v) -> str:
-    t = type(v)
-    if t is str:
-        if "," in v or '"' in v or "\n" in v or "\r" in v:
-            return '"' + v.replace('"', '""') + '"'
-        return v
-    if t is int or t is float:
-        return repr(v) if t is float else str(v)
-    if v is None:
-        return ""
-    if t is bool:
-        return "true" if v else "false"
-    if t is list:
-        parts = []
-        for x in v:
-            if type(x) is list:
-                parts.append(":".join("" if y is None else str(y) for y in x))
-            else:
-                parts.append("" if x is None else str(x))
-        return _cell(" ".join(parts)) if any("," in p or '"' in p for p in parts) else " ".join(parts)
-    return _cell(orjson.dumps(v).decode())
+# One row of a CSV answer: (its lead value, e.g. the seq, or None; the event).
+Row = tuple[object, dict[str, Any]]
+_second: Callable[[Row], dict[str, Any]] = itemgetter(1)
 
 
-_NUMBER_TYPES = frozenset({int, float})
-_PLAIN_SCALARS = frozenset({int, float, str})
-_CSV_SPECIAL = (",", '"', "\n", "\r")
-_NUMBERS_OR_NONE = frozenset({int, float, type(None)})
-_LIST_ONLY = {list}
-
-
-def _column(values: list) -> list[str]:
-    """Format one column. Columns of plain numbers, plain strings or lists of numbers (the usual cases) take a
-    C-speed path; anything else goes cell by cell."""
-    types = set(map(type, values))
-    if types <= _NUMBER_TYPES:
-        # orjson writes the shortest round-trip form of every number in one C call; split it back per cell.
-        return orjson.dumps(values)[1:-1].decode().split(",") if values else []
-    if types <= _PLAIN_SCALARS:
-        strings = list(map(str, values))
-        if str in types:
-            joined = "\x1f".join(strings)
-            if any(c in joined for c in _CSV_SPECIAL):
-                return [_cell(v) for v in values]
-        return strings
-    if types <= _NUMBERS_OR_NONE:
-        return ["" if v is None else str(v) for v in values]
-    if types == _LIST_ONLY and set(map(type, chain.from_iterable(values))) <= _NUMBER_TYPES:
-        # Conditions / indicators: "[[0],[14,41],[]]" -> ["0", "14 41", ""], all in C.
-        return orjson.dumps(values).decode()[2:-2].replace("],[", "\x00").replace(",", " ").split("\x00")
-    return [_cell(v) for v in values]
-
-
-_second = itemgetter(1)
-
-
-def _values(events: list[dict], key: str) -> list:
+def _values(events: list[dict[str, Any]], key: str) -> list[object]:
     try:
         return list(map(itemgetter(key), events))  # C speed when every event has the field
     except KeyError:
         return [e.get(key) for e in events]
 
 
-def _event_keys(rows: Sequence[tuple[object, dict]]) -> list[object]:
+def _event_keys(rows: Sequence[Row]) -> list[object]:
     """Each row's section key: its `ev` (the repr of a value that is not a string)."""
     evs = list(map(dict.get, map(_second, rows), repeat("ev")))
     if evs and type(evs[0]) is str and evs.count(evs[0]) == len(evs):
@@ -212,12 +164,12 @@ def _event_keys(rows: Sequence[tuple[object, dict]]) -> list[object]:
     return [ev if isinstance(ev, str) else repr(ev) for ev in evs]
 
 
-def _by_event_type(rows: Sequence[tuple[object, dict]]) -> dict[object, Sequence[tuple[object, dict]]]:
+def _by_event_type(rows: Sequence[Row]) -> dict[object, Sequence[Row]]:
     """Rows grouped by `ev` (repr of non-string values), in order of first appearance."""
     keys = _event_keys(rows)
     if keys and keys.count(keys[0]) == len(keys):
         return {keys[0]: rows}
-    groups: dict[object, list[tuple[object, dict]]] = {}
+    groups: dict[object, list[Row]] = {}
     for key, row in zip(keys, rows, strict=True):
         group = groups.get(key)
         if group is None:
@@ -241,12 +193,21 @@ class _Section:
         return [self.title, self.header, *self.rows]
 
 
-def _sections(market: Market, rows: Sequence[tuple[object, dict]], lead: str | None) -> list[_Section]:
+def _lines(columns: list[list[str]], count: int) -> list[str]:
+    """The CSV line of each of `count` rows, from its formatted columns."""
+    if len(columns) == 1:  # a lone empty field is written `""`, which only csv_line knows
+        return list(map(csv_line, zip(columns[0])))
+    if not columns:  # events with nothing but `ev`: one (empty) line each, so lines and rows stay aligned
+        return [""] * count
+    return list(map(",".join, zip(*columns, strict=True)))  # csv_line's rule for 2+ fields, at C speed
+
+
+def _sections(market: Market, rows: Sequence[Row], lead: str | None) -> list[_Section]:
     sections: list[_Section] = []
     for ev, items in _by_event_type(rows).items():
         et = market.events.get(ev) if isinstance(ev, str) else None
         events = list(map(_second, items))
-        present = set().union(*events)
+        present: set[str] = set().union(*events)
         present.discard("ev")
         cols: list[tuple[str, str]] = []
         known: set[str] = set()
@@ -260,28 +221,28 @@ def _sections(market: Market, rows: Sequence[tuple[object, dict]], lead: str | N
             cols.extend((k, k) for k in dict.fromkeys(chain.from_iterable(events)) if k in extras)
         title = f"{ev} {et.title}" if et else f"{ev} (event type not in the {market.name} table)"
         header = [name for _, name in cols]
-        columns = [_column(_values(events, wire)) for wire, _ in cols]
+        columns = [csv_column(_values(events, wire)) for wire, _ in cols]
         if lead:
             header.insert(0, lead)
-            columns.insert(0, _column([lv for lv, _ in items]))
+            columns.insert(0, csv_column([lv for lv, _ in items]))
         sections.append(
             _Section(
                 key=ev,
                 title=f"# {title}: {len(items)} event{'s' if len(items) != 1 else ''}",
-                header=",".join(header),
-                rows=list(map(",".join, zip(*columns, strict=True))),
+                header=csv_line(list(map(quoted, header))),
+                rows=_lines(columns, len(items)),
             )
         )
     return sections
 
 
-def csv_sections(market: Market, rows: Sequence[tuple[object, dict]], lead: str | None) -> list[str]:
+def csv_sections(market: Market, rows: Sequence[Row], lead: str | None) -> list[str]:
     """One CSV section per event type, in order of first appearance.
 
     rows: (lead value, event) pairs; `lead` names the first column (e.g. 'seq') or None for no lead column.
     A section keeps only columns that have a value in at least one of its rows; fields the table does not know
-    are kept under their wire names, so nothing is lost. Formatting is column by column, so a 1,000-row answer
-    costs a few C-level passes per column instead of a Python call per cell.
+    are kept under their wire names, so nothing is lost. Cells follow mcp_polygon/cells.py (the rules REST answers
+    use too), formatted column by column: a 1,000-row answer costs a few C-level passes per column.
     """
     return [line for section in _sections(market, rows, lead) for line in section.lines]
 
@@ -291,9 +252,7 @@ def joined_length(lines: list[str]) -> int:
     return sum(map(len, lines)) + max(0, len(lines) - 1)
 
 
-def csv_sections_within(
-    market: Market, rows: Sequence[tuple[object, dict]], lead: str | None, budget: int
-) -> tuple[list[str], int]:
+def csv_sections_within(market: Market, rows: Sequence[Row], lead: str | None, budget: int) -> tuple[list[str], int]:
     """The CSV sections of the longest prefix of `rows` that fits in `budget` characters once its lines are
     joined by newlines, and the length of that prefix (0 when not even the first row fits).
 
@@ -334,7 +293,7 @@ def _rows_within(sections: list[_Section], keys: list[object], budget: int) -> i
     return len(keys)
 
 
-def json_items_within(items: list[dict], budget: int) -> int:
+def json_items_within(items: Sequence[object], budget: int) -> int:
     """How many leading `items` fit in `budget` characters as the elements of a JSON array (commas included).
 
     Priced by their UTF-8 size, which is never less than their length in characters.

@@ -1,8 +1,15 @@
 """StreamManager: one supervised connection, one buffer and one recorder per market, for the whole process.
 
 Every MCP session of the process shares it: two agents asking for stocks share one socket (the vendor allows
-one connection per market per key). Nothing here formats text for agents; tools.py does that. Errors an agent
-can act on are raised as StreamError with one actionable sentence.
+one connection per market per key). The manager is control only: it drives the protocol session through its
+methods and hands tools.py frozen, typed snapshots (ChangeOutcome, StreamStatus, SubscriptionList, BufferStatus)
+whose states are enums; tools.py renders them. Errors an agent can act on are raised as StreamError with one
+actionable sentence.
+
+Redaction: the texts in snapshots and errors are raw (the session and the connection mask what the vendor says
+before they keep it); tools.py masks every answer and error once, at its boundary. Here the key is masked only
+where a text is cut short (a cut could split the key and leave half of it for no later mask to find), and in the
+agent's channel names before they are validated (see `_masked_input`).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import ipaddress
 import logging
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -22,24 +29,25 @@ from mcp_polygon.config import Settings
 from mcp_polygon.redaction import Redactor
 from mcp_polygon.streams import recorder as rec
 from mcp_polygon.streams.buffer import MessageBuffer, ReadResult
-from mcp_polygon.streams.connection import Connection, ConnectionState, Pulse
-from mcp_polygon.streams.formatting import clip
-from mcp_polygon.streams.markets import (
-    MARKETS,
-    ChannelError,
-    ChannelFilter,
-    Market,
-    Selector,
-    check_limits,
-    make_matcher,
-    normalize_channels,
-    parse_filter,
+from mcp_polygon.streams.connection import (
+    NEVER_STARTED,
+    Connection,
+    ConnectionOptions,
+    ConnectionState,
+    ConnectionStatus,
+    Pulse,
 )
-from mcp_polygon.streams.protocol import AuthState, Frame, ProtocolSession
+from mcp_polygon.streams.formatting import clip
+from mcp_polygon.streams.markets import MARKETS, ChannelError, Market, check_limits, normalize_channels
+from mcp_polygon.streams.protocol import AuthState, EventCounts, Frame, ProtocolSession, TopicStatus
+from mcp_polygon.streams.query import ChannelFilter, Direction, parse_filter, read_plan
 
 log = logging.getLogger(__name__)
 
 RATE_WINDOW = 10  # seconds
+
+# What the tools pass as `channels`: one comma-separated string or a list of channel strings.
+ChannelList = str | list[str] | tuple[str, ...]
 
 
 class StreamError(Exception):
@@ -54,19 +62,19 @@ class StreamStats:
     def __init__(self) -> None:
         self.total = 0
         self.frames = 0
-        self.per_channel: Counter = Counter()
+        self.per_channel: Counter[str] = Counter()
         self.first_at: float | None = None
         self.last_at: float | None = None
         self._buckets: deque[tuple[int, int]] = deque(maxlen=RATE_WINDOW + 1)
         self._cur_sec = 0
         self._cur_n = 0
 
-    def add(self, counts: Counter, n: int, t: float) -> None:
+    def add(self, counts: EventCounts, n: int, t: float) -> None:
         self.total += n
         self.frames += 1
         per = self.per_channel
         for k, v in counts.items():  # a handful of keys; bytes on the protocol's fast path
-            per[k.decode("utf-8", "replace") if type(k) is bytes else k] += v
+            per[k.decode("utf-8", "replace") if isinstance(k, bytes) else k] += v
         self.last_at = t
         if self.first_at is None:
             self.first_at = t
@@ -230,23 +238,115 @@ class EndpointPolicy:
         )
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class ControlWaits:
+    """How long a control tool waits for the server before it answers with what is known (seconds)."""
+
+    auth: float = 10.0  # start: for the answer to the auth message
+    ack: float = 3.0  # start, subscribe: for the subscribe acknowledgements
+    unsubscribe_ack: float = 2.0  # unsubscribe: for its acknowledgements
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    topic: str
+    reason: str  # the server's words
+
+
+@dataclass(frozen=True, slots=True)
 class ChangeOutcome:
     """What a start/subscribe/unsubscribe call achieved, for the tool to report."""
 
     market: str
-    requested: list[str]
-    acknowledged: list[str] = field(default_factory=list)
-    pending: list[str] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)
-    unknown: list[str] = field(default_factory=list)  # unsubscribe of topics that were not subscribed
-    state: str = ""
-    auth: str = ""
-    endpoint: str = ""
+    state: ConnectionState
+    auth: AuthState
+    endpoint: str
+    requested: tuple[str, ...]
+    acknowledged: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
+    rejected: tuple[Rejection, ...] = ()
+    unknown: tuple[str, ...] = ()  # unsubscribe of topics that were not subscribed
     already: bool = False  # nothing new: everything was subscribed before
     switched_from: str | None = None  # the endpoint a running connection left for this call's endpoint
-    error: str | None = None
+    error: str | None = None  # why the stream is not authenticated yet, when it is not
     retry_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStatus:
+    acknowledged: tuple[str, ...]
+    pending: tuple[str, ...]
+    rejected: tuple[Rejection, ...]
+    unsubscribing: tuple[str, ...]  # unsubscribe sent, not yet acknowledged
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelGroup:
+    """The subscriptions of one channel prefix (`T`, `Q`...), in the order added."""
+
+    prefix: str
+    acknowledged: tuple[str, ...]
+    pending: tuple[str, ...]
+    rejected: tuple[Rejection, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionList:
+    state: ConnectionState
+    total: int
+    groups: tuple[ChannelGroup, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStatus:
+    size: int  # events held
+    capacity: int
+    oldest_seq: int | None  # None while nothing was received
+    newest_seq: int  # 0 until the first event; the since_seq that returns only what comes next
+    overwritten: int  # events pushed out of the ring since the process started
+
+
+@dataclass(frozen=True, slots=True)
+class EventStatus:
+    total: int
+    frames: int
+    per_channel: tuple[tuple[str, int], ...]  # (event type, events), in the order first seen
+    rate_per_s: float  # over the last RATE_WINDOW seconds
+    last_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class InputStatus:
+    """What the server said and what of its input was unusable."""
+
+    last_status: str | None
+    status_counts: tuple[tuple[str, int], ...]  # (status kind, times seen)
+    malformed_frames: int
+    malformed_events: int
+    last_malformed: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """Everything an agent (or a benchmark) may want to know about one market's stream, taken at `at`."""
+
+    market: str
+    at: float  # Unix s: when the snapshot was taken (the "now" of every "ago" in the answer)
+    state: ConnectionState
+    simulated: bool
+    endpoint: str
+    auth: AuthState
+    auth_message: str | None
+    subscriptions: SubscriptionStatus
+    events: EventStatus
+    buffer: BufferStatus
+    connection: ConnectionStatus
+    input: InputStatus
+    last_error: str | None  # the newest of the session's and the connection's
+    last_error_at: float | None
+    recording: rec.RecordingStatus
+    started_at: float | None
+    stopped_at: float | None
 
 
 async def _tend_recording(recorder: rec.Recorder) -> None:
@@ -260,28 +360,14 @@ async def _tend_recording(recorder: rec.Recorder) -> None:
             log.exception("recording upkeep failed for %s", recorder.directory)
 
 
-def _recording_fields(status: rec.RecordingStatus) -> dict[str, object]:
-    failure = status.failure
-    return {
-        "state": status.state.value,
-        "enabled": status.state is rec.RecordingState.ON,
-        "summary": status.describe(),
-        "directory": str(status.directory),
-        "bytes_written": status.bytes_written,
-        "error": failure.reason if failure else None,
-        "failed_at": failure.at if failure else None,
-        "retry_at": failure.retry_at if failure else None,
-    }
-
-
 class MarketStream:
     """One market: its buffer, recorder, protocol session and (while started) its connection."""
 
-    def __init__(self, market: Market, settings: Settings) -> None:
+    def __init__(self, market: Market, settings: Settings, redact: Redactor | None = None) -> None:
         self.market = market
         self.settings = settings
         self.buffer = MessageBuffer(settings.buffer_size)
-        self.session = ProtocolSession(settings.api_key)
+        self.session = ProtocolSession(settings.api_key, redact)
         self.stats = StreamStats()
         self.pulse = Pulse()
         self.record_dir = Path(settings.data_dir) / market.name
@@ -294,7 +380,6 @@ class MarketStream:
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         self.lock = asyncio.Lock()
-        self.connection_options: dict = {}
 
     # -- recording ---------------------------------------------------------------------------------------------
 
@@ -325,25 +410,28 @@ class MarketStream:
     # -- ingest (the hot path) ----------------------------------------------------------------------------------
 
     def ingest(self, frame: Frame, recv_ns: int) -> None:
-        """Append a decoded frame's data events: buffer, recorder, counters. Called once per frame."""
+        """Append a frame's data events: buffer, recorder, counters. Called once per frame."""
+        raw, counts = frame.raw, frame.counts
+        if raw is None or counts is None:  # no data events (the connection hands on only frames with some)
+            return
         t = recv_ns / 1e9
-        self.buffer.append(frame.raw, frame.count, t)
+        self.buffer.append(raw, frame.count, t)
         recorder = self.recorder
         if recorder is not None:
-            recorder.write(frame.raw, frame.count, recv_ns)
-        self.stats.add(frame.counts, frame.count, t)
+            recorder.write(raw, frame.count, recv_ns)
+        self.stats.add(counts, frame.count, t)
 
     def feed(self, data: bytes | str, recv_ns: int | None = None) -> Frame:
-        """Decode and ingest one wire frame without a socket (benchmarks, tests)."""
-        frame = self.session.receive(data)
-        if frame.raw is not None:
-            self.ingest(frame, time.time_ns() if recv_ns is None else recv_ns)
+        """Classify and ingest one wire frame without a socket (benchmarks, tests)."""
+        now_ns = time.time_ns() if recv_ns is None else recv_ns
+        frame = self.session.receive(data, now_ns)
+        self.ingest(frame, now_ns)
         return frame
 
     # -- state -------------------------------------------------------------------------------------------------
 
     @property
-    def state(self) -> str:
+    def state(self) -> ConnectionState:
         return self.connection.state if self.connection is not None else ConnectionState.IDLE
 
     @property
@@ -351,45 +439,150 @@ class MarketStream:
         """Started and not given up (it may be reconnecting or cooling down)."""
         return self.connection is not None and self.connection.running
 
-    def outcome(self, requested: list[str], **kw) -> ChangeOutcome:
+    def topic_names(self) -> tuple[str, ...]:
+        """The subscriptions, in the order added."""
+        return tuple(self.session.topics)
+
+    def buffer_status(self) -> BufferStatus:
+        buf = self.buffer
+        return BufferStatus(len(buf), buf.capacity, buf.oldest if buf.head else None, buf.head, buf.overwritten)
+
+    def outcome(
+        self,
+        requested: list[str],
+        *,
+        already: bool = False,
+        switched_from: str | None = None,
+        error: str | None = None,
+    ) -> ChangeOutcome:
+        """Where each requested topic stands after a start or a subscribe."""
         topics = self.session.topics
-        out = ChangeOutcome(
-            market=self.market.name,
-            requested=requested,
-            state=self.state,
-            auth=self.session.auth.value,
-            endpoint=self.endpoint,
+        states = {t: topics[t].status for t in requested if t in topics}
+        reasons = self.session.rejections()
+        return ChangeOutcome(
+            self.market.name,
+            self.state,
+            self.session.auth,
+            self.endpoint,
+            tuple(requested),
+            acknowledged=tuple(t for t, status in states.items() if status is TopicStatus.ACKNOWLEDGED),
+            pending=tuple(t for t, status in states.items() if status is TopicStatus.PENDING),
+            rejected=tuple(Rejection(t, reasons[t]) for t, status in states.items() if status is TopicStatus.REJECTED),
+            already=already,
+            switched_from=switched_from,
+            error=error,
             retry_at=self.connection.retry_at if self.connection else None,
-            **kw,
         )
-        for t in requested:
-            st = topics.get(t)
-            if st is None:
-                continue
-            if st.state == "acknowledged":
-                out.acknowledged.append(t)
-            elif st.state == "rejected":
-                out.rejected[t] = st.reason or "rejected"
-            else:
-                out.pending.append(t)
-        return out
+
+    def unsubscribe_outcome(self, known: list[str], unknown: list[str]) -> ChangeOutcome:
+        """Which of the `known` topics the server confirmed as unsubscribed; `unknown` were never subscribed."""
+        waiting = self.session.unsubscribing
+        return ChangeOutcome(
+            self.market.name,
+            self.state,
+            self.session.auth,
+            self.endpoint,
+            tuple(known),
+            acknowledged=tuple(t for t in known if t not in waiting),
+            pending=tuple(t for t in known if t in waiting),
+            unknown=tuple(unknown),
+            retry_at=self.connection.retry_at if self.connection else None,
+        )
+
+    def subscription_list(self) -> SubscriptionList:
+        """The subscriptions grouped by channel prefix, groups in the order their first topic was added."""
+        groups: dict[str, dict[TopicStatus, list[str]]] = {}
+        for topic, st in self.session.topics.items():
+            prefix = topic.partition(".")[0]
+            groups.setdefault(prefix, {status: [] for status in TopicStatus})[st.status].append(topic)
+        reasons = self.session.rejections()
+        return SubscriptionList(
+            self.state,
+            len(self.session.topics),
+            tuple(
+                ChannelGroup(
+                    prefix,
+                    tuple(g[TopicStatus.ACKNOWLEDGED]),
+                    tuple(g[TopicStatus.PENDING]),
+                    tuple(Rejection(t, reasons[t]) for t in g[TopicStatus.REJECTED]),
+                )
+                for prefix, g in groups.items()
+            ),
+        )
+
+    def status(self, now: float) -> StreamStatus:
+        """The snapshot the status tool renders; `now` is the time it is taken at (for the event rate)."""
+        session = self.session
+        conn = self.connection.status() if self.connection is not None else NEVER_STARTED
+        errors = [(session.last_error_at, session.last_error), (conn.last_error_at, conn.last_error)]
+        last_error_at, last_error = max((e for e in errors if e[1]), default=(None, None), key=lambda e: e[0] or 0.0)
+        stats = self.stats
+        return StreamStatus(
+            market=self.market.name,
+            at=now,
+            state=self.state,
+            simulated=self.settings.simulated,
+            endpoint=self.endpoint,
+            auth=session.auth,
+            auth_message=session.auth_message,
+            subscriptions=SubscriptionStatus(
+                tuple(session.by_status(TopicStatus.ACKNOWLEDGED)),
+                tuple(session.by_status(TopicStatus.PENDING)),
+                tuple(Rejection(t, r) for t, r in session.rejections().items()),
+                tuple(session.unsubscribing),
+            ),
+            events=EventStatus(
+                stats.total, stats.frames, tuple(stats.per_channel.items()), stats.rate(now), stats.last_at
+            ),
+            buffer=self.buffer_status(),
+            connection=conn,
+            input=InputStatus(
+                session.last_status.describe() if session.last_status else None,
+                tuple(session.status_counts.items()),
+                session.malformed_frames,
+                session.malformed_events,
+                session.last_malformed,
+            ),
+            last_error=last_error,
+            last_error_at=last_error_at,
+            recording=self.recording_status(),
+            started_at=self.started_at,
+            stopped_at=self.stopped_at,
+        )
+
+
+# Connection states in which start stops waiting for an auth answer: none is coming on this attempt.
+_AUTH_WILL_NOT_COME = frozenset(
+    {
+        ConnectionState.AUTH_FAILED,
+        ConnectionState.FAILED,
+        ConnectionState.STOPPED,
+        ConnectionState.COOLDOWN,
+        ConnectionState.RECONNECTING,
+    }
+)
 
 
 class StreamManager:
     """One connection per market per process, shared by every MCP session."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connection: ConnectionOptions | None = None,
+        waits: ControlWaits | None = None,
+    ) -> None:
         self.settings = settings
         self._streams: dict[str, MarketStream] = {}
         self._closed = False
-        # The one redaction step for text leaving the streams: tools.py masks every answer and error with it, and
-        # StreamError messages that carry outside text (agent input, vendor messages, URLs) pass through it too.
+        # The one Redactor of the streams: tools.py masks every answer and error with it at its boundary, and the
+        # protocol sessions mask what the vendor says with it before they keep or log it.
         self.redact = Redactor(settings.api_key)
         self.endpoints = EndpointPolicy(settings.ws_url, self.redact)
-        # Timeouts (seconds) for tool calls; the tests shorten nothing, these are the product's values.
-        self.auth_wait = 10.0
-        self.ack_wait = 3.0
-        self.connection_options: dict = {}
+        # The product's values unless a test or a benchmark passes shorter ones.
+        self.connection_options = connection if connection is not None else ConnectionOptions()
+        self.waits = waits if waits is not None else ControlWaits()
 
     # -- access ------------------------------------------------------------------------------------------------
 
@@ -402,30 +595,35 @@ class StreamManager:
         if s is None:
             if market not in MARKETS:
                 raise StreamError(f"unknown market '{market}'; valid: {', '.join(MARKETS)}.")
-            s = self._streams[market] = MarketStream(MARKETS[market], self.settings)
+            s = self._streams[market] = MarketStream(MARKETS[market], self.settings, self.redact)
         return s
 
-    def refusal(self, text: str) -> StreamError:
-        """A StreamError for text that may carry outside words (agent input, vendor messages, URLs), masked."""
-        return StreamError(self.redact(text))
+    def _masked_input(self, channels: ChannelList) -> str | list[str]:
+        """The agent's channel names with the key masked, before they are validated: a refusal quotes a bad name cut
+        short (a cut could leave half the key for no later mask to find), and a channel is upper-cased (which no
+        mask would find at all). No channel has the key in it, so a masked one is refused, which is right too."""
+        redact = self.redact
+        if not redact.active:
+            return channels if isinstance(channels, str) else list(channels)
+        return redact(channels) if isinstance(channels, str) else [redact(str(c)) for c in channels]
 
-    def _channels(self, stream: MarketStream, channels) -> list[str]:
+    def _channels(self, stream: MarketStream, channels: ChannelList) -> list[str]:
         try:
-            return normalize_channels(stream.market, channels)
+            return normalize_channels(stream.market, self._masked_input(channels))
         except ChannelError as exc:
-            raise self.refusal(str(exc)) from None
+            raise StreamError(str(exc)) from None
 
     def _check_limits(self, stream: MarketStream, topics: list[str]) -> None:
         try:
-            check_limits(stream.market, list({**stream.session.topics, **dict.fromkeys(topics)}))
+            check_limits(stream.market, list(dict.fromkeys([*stream.session.topics, *topics])))
         except ChannelError as exc:
-            raise self.refusal(str(exc)) from None
+            raise StreamError(str(exc)) from None
 
     def _filter(self, stream: MarketStream, channel_filter: str | list[str] | None) -> ChannelFilter:
         try:
-            return parse_filter(stream.market, channel_filter)
+            return parse_filter(stream.market, None if channel_filter is None else self._masked_input(channel_filter))
         except ChannelError as exc:
-            raise self.refusal(str(exc)) from None
+            raise StreamError(str(exc)) from None
 
     def _require_key(self) -> None:
         if not self.settings.api_key:
@@ -436,7 +634,7 @@ class StreamManager:
 
     # -- control -----------------------------------------------------------------------------------------------
 
-    async def start(self, market: str, channels, endpoint: str | None = None) -> ChangeOutcome:
+    async def start(self, market: str, channels: ChannelList, endpoint: str | None = None) -> ChangeOutcome:
         """Connect if needed, authenticate, subscribe; returns once auth and acks are known (or time is up)."""
         if self._closed:
             raise StreamError("the server is shutting down.")
@@ -444,6 +642,7 @@ class StreamManager:
         topics = self._channels(stream, channels)
         self._require_key()
         url = self.endpoints.resolve(endpoint, stream.market)
+        session = stream.session
         async with stream.lock:
             self._check_limits(stream, topics)
             conn = stream.connection
@@ -454,40 +653,30 @@ class StreamManager:
             if conn is not None and (restart or not conn.running):
                 await conn.stop()
                 conn = stream.connection = None
-                stream.session.connection_lost()
-            already = conn is not None and all(
-                t in stream.session.topics and stream.session.topics[t].state == "acknowledged" for t in topics
-            )
-            stream.session.subscribe(topics)
+                session.connection_lost()
+            already = conn is not None and session.all_acknowledged(topics)
+            session.subscribe(topics)
             stream.start_recording()
             if conn is None:
-                if stream.session.auth is AuthState.FAILED:
-                    stream.session.auth = AuthState.DISCONNECTED
+                session.reset_auth_failure()  # the agent asked to start: the key is tried again, once
                 conn = stream.connection = Connection(
-                    stream.endpoint,
-                    stream.session,
-                    stream.ingest,
-                    stream.pulse,
-                    label=market,
-                    **{**self.connection_options, **stream.connection_options},
+                    stream.endpoint, session, stream.ingest, stream.pulse, self.connection_options, label=market
                 )
                 stream.started_at = time.time()
                 conn.start()
             else:
                 await conn.flush()
         await self._wait_settled(stream, topics)
-        out = stream.outcome(topics, already=already, switched_from=switched_from)
-        if stream.session.auth is AuthState.FAILED or stream.state == ConnectionState.AUTH_FAILED:
-            raise self.refusal(self._auth_failed_text(stream))
-        if stream.state == ConnectionState.FAILED:
-            raise self.refusal(
+        if session.auth is AuthState.FAILED or stream.state is ConnectionState.AUTH_FAILED:
+            raise StreamError(self._auth_failed_text(stream))
+        if stream.state is ConnectionState.FAILED:
+            raise StreamError(
                 f"Cannot use the {market} endpoint {stream.endpoint}: "
-                f"{clip(self.redact(conn.last_error or 'no reason given'), 300)}; "
+                f"{clip(conn.last_error or 'no reason given', 300)}; "  # masked by the connection already
                 f"{self.endpoints.choices(stream.market)}."
             )
-        if stream.session.auth is not AuthState.OK:
-            out.error = conn.last_error
-        return out
+        error = conn.last_error if session.auth is not AuthState.OK else None
+        return stream.outcome(topics, already=already, switched_from=switched_from, error=error)
 
     def _auth_failed_text(self, stream: MarketStream) -> str:
         msg = stream.session.auth_message or "authentication failed"
@@ -508,64 +697,54 @@ class StreamManager:
         pulse = stream.pulse
 
         def auth_known() -> bool:
-            state = stream.state
             if session.auth in (AuthState.OK, AuthState.FAILED):
                 return True
-            return state in (
-                ConnectionState.AUTH_FAILED,
-                ConnectionState.FAILED,
-                ConnectionState.STOPPED,
-                ConnectionState.COOLDOWN,
-                ConnectionState.RECONNECTING,
-            )
+            return stream.state in _AUTH_WILL_NOT_COME
 
-        await pulse.wait_for(auth_known, self.auth_wait)
+        await pulse.wait_for(auth_known, self.waits.auth)
         if session.auth is AuthState.OK:
 
             def acked() -> bool:
                 return session.auth is not AuthState.OK or session.settled(topics)
 
-            await pulse.wait_for(acked, self.ack_wait)
+            await pulse.wait_for(acked, self.waits.ack)
 
-    async def subscribe(self, market: str, channels) -> ChangeOutcome:
+    async def subscribe(self, market: str, channels: ChannelList) -> ChangeOutcome:
         stream = self.stream(market)
         topics = self._channels(stream, channels)
-        if not stream.active:
-            shown = clip(self.redact(repr(topics)), 200)
-            raise self.refusal(
-                f"The {market} stream is not running; call start_{market}_stream(channels={shown}) instead."
-            )
-        async with stream.lock:
+        session = stream.session
+        async with stream.lock:  # (a start under way finishes first: then the stream may be running)
+            conn = stream.connection
+            if conn is None or not conn.running:
+                shown = clip(repr(topics), 200)  # (the topics were masked on the way in: the cut cannot split the key)
+                raise StreamError(
+                    f"The {market} stream is not running; call start_{market}_stream(channels={shown}) instead."
+                )
             self._check_limits(stream, topics)
-            already = all(
-                t in stream.session.topics and stream.session.topics[t].state == "acknowledged" for t in topics
-            )
-            stream.session.subscribe(topics)
-            await stream.connection.flush()
-        if stream.session.auth is AuthState.OK:
+            already = session.all_acknowledged(topics)
+            session.subscribe(topics)
+            await conn.flush()
+        if session.auth is AuthState.OK:
             await stream.pulse.wait_for(
-                lambda: stream.session.auth is not AuthState.OK or stream.session.settled(topics), self.ack_wait
+                lambda: session.auth is not AuthState.OK or session.settled(topics), self.waits.ack
             )
         return stream.outcome(topics, already=already)
 
-    async def unsubscribe(self, market: str, channels) -> ChangeOutcome:
+    async def unsubscribe(self, market: str, channels: ChannelList) -> ChangeOutcome:
         stream = self.stream(market)
         topics = self._channels(stream, channels)
+        session = stream.session
         async with stream.lock:
-            known = [t for t in topics if t in stream.session.topics]
-            unknown = [t for t in topics if t not in stream.session.topics]
-            stream.session.unsubscribe(known)
+            known = [t for t in topics if t in session.topics]
+            unknown = [t for t in topics if t not in session.topics]
+            session.unsubscribe(known)
             if stream.connection is not None:
                 await stream.connection.flush()
-        if known and stream.session.auth is AuthState.OK:
+        if known and session.auth is AuthState.OK:
             await stream.pulse.wait_for(
-                lambda: not any(t in stream.session.unsubscribing for t in known), min(self.ack_wait, 2.0)
+                lambda: not any(t in session.unsubscribing for t in known), self.waits.unsubscribe_ack
             )
-        out = stream.outcome([], unknown=unknown)
-        out.requested = known
-        out.pending = [t for t in known if t in stream.session.unsubscribing]
-        out.acknowledged = [t for t in known if t not in stream.session.unsubscribing]
-        return out
+        return stream.unsubscribe_outcome(known, unknown)
 
     async def stop(self, market: str) -> bool:
         """Close the market's socket and forget its subscriptions; its buffer stays readable. True if it ran."""
@@ -577,8 +756,7 @@ class StreamManager:
                 await conn.stop()
             stream.session.clear()
             stream.session.connection_lost()
-            if stream.session.auth is AuthState.FAILED:
-                stream.session.auth = AuthState.DISCONNECTED
+            stream.session.reset_auth_failure()
             await stream.stop_recording()
             stream.stopped_at = time.time()
             return was
@@ -603,13 +781,14 @@ class StreamManager:
         limit: int = 100,
         channel_filter: str | list[str] | None = None,
         since_seq: int | None = None,
-        since_time: float | None = None,
+        since_ns: int | None = None,
     ) -> ReadResult:
+        """Buffered events: the newest `limit`, or with since_seq / since_ns (receive time) the oldest after it."""
         stream = self.stream(market)
-        flt = self._filter(stream, channel_filter)
-        return stream.buffer.read(
-            limit, since_seq=since_seq, since_time=since_time, selector=Selector(stream.market, flt)
+        plan = read_plan(
+            stream.market, self._filter(stream, channel_filter), limit=limit, since_seq=since_seq, from_ns=since_ns
         )
+        return stream.buffer.read(plan)
 
     async def replay(
         self,
@@ -620,90 +799,23 @@ class StreamManager:
         channel_filter: str | list[str] | None = None,
         limit: int = 1000,
     ) -> rec.ReplayResult:
+        """Recorded events received from_ns <= time <= to_ns, oldest first, read in a worker thread."""
         stream = self.stream(market)
-        flt = self._filter(stream, channel_filter)
+        plan = read_plan(
+            stream.market, self._filter(stream, channel_filter), limit=limit, from_ns=from_ns, to_ns=to_ns,
+            direction=Direction.FORWARD,
+        )  # fmt: skip
         if stream.recorder is not None:
             stream.recorder.flush()
-        return await asyncio.to_thread(
-            rec.replay,
-            stream.record_dir,
-            from_ns,
-            to_ns,
-            limit=limit,
-            match=make_matcher(stream.market, flt),
-            needles=flt.needles(),
-        )
+        return await asyncio.to_thread(rec.replay, stream.record_dir, plan)
 
     # -- status ------------------------------------------------------------------------------------------------
 
-    def subscriptions(self, market: str) -> dict:
-        """Topics grouped by channel prefix: {prefix: {"acknowledged": [...], "pending": [...], "rejected": {}}}."""
-        stream = self.stream(market)
-        groups: dict[str, dict] = {}
-        for topic, st in stream.session.topics.items():
-            prefix = topic.partition(".")[0]
-            g = groups.setdefault(prefix, {"acknowledged": [], "pending": [], "rejected": {}})
-            if st.state == "rejected":
-                g["rejected"][topic] = st.reason or "rejected"
-            else:
-                g[st.state if st.state in g else "pending"].append(topic)
-        return groups
+    def subscriptions(self, market: str) -> SubscriptionList:
+        """The market's subscriptions grouped by channel prefix."""
+        return self.stream(market).subscription_list()
 
-    def status(self, market: str) -> dict:
-        """Everything an agent (or a benchmark) may want to know about one market's stream. Raw: the texts may
-        carry outside words, so anything shown passes `self.redact` (the stream tools do it at their boundary)."""
-        return self._status(market)
-
-    def _status(self, market: str) -> dict:
-        stream = self.stream(market)
-        conn = stream.connection
-        session = stream.session
-        buf = stream.buffer
-        now = time.time()
-        errors = [(session.last_error_at, session.last_error)]
-        if conn is not None:
-            errors.append((conn.last_error_at, conn.last_error))
-        last_error = max((e for e in errors if e[1]), default=(None, None), key=lambda e: e[0] or 0)
-        return {
-            "market": market,
-            "state": stream.state,
-            "simulated": self.settings.simulated,
-            "endpoint": stream.endpoint,
-            "auth": session.auth.value,
-            "auth_message": session.auth_message,
-            "subscriptions": {
-                "acknowledged": session.by_state("acknowledged"),
-                "pending": session.by_state("pending"),
-                "rejected": {t: s.reason for t, s in session.topics.items() if s.state == "rejected"},
-                "unsubscribing": list(session.unsubscribing),
-            },
-            "events_total": stream.stats.total,
-            "frames_total": stream.stats.frames,
-            "events_per_channel": dict(stream.stats.per_channel),
-            "rate_per_s": stream.stats.rate(now),
-            "last_event_at": stream.stats.last_at,
-            "buffer": {
-                "size": len(buf),
-                "capacity": buf.capacity,
-                "oldest_seq": buf.oldest if buf.head else None,
-                "newest_seq": buf.head,
-                "overwritten": buf.overwritten,
-            },
-            "connects": conn.connects if conn else 0,
-            "reconnects": conn.reconnects if conn else 0,
-            "connected_since": conn.connected_since if conn else None,
-            "retry_at": conn.retry_at if conn else None,
-            "last_disconnect": conn.last_disconnect if conn else None,
-            "last_disconnect_at": conn.last_disconnect_at if conn else None,
-            "last_status": session.last_status.describe() if session.last_status else None,
-            "last_error": last_error[1],
-            "last_error_at": last_error[0],
-            "connection_error": conn.last_error if conn else None,
-            "status_counts": dict(session.status_counts),
-            "malformed_frames": session.malformed_frames,
-            "malformed_events": session.malformed_events,
-            "last_malformed": session.last_malformed,
-            "recording": _recording_fields(stream.recording_status()),
-            "started_at": stream.started_at,
-            "stopped_at": stream.stopped_at,
-        }
+    def status(self, market: str) -> StreamStatus:
+        """A snapshot of one market's stream. Raw: its texts may carry outside words, so anything shown passes
+        `self.redact` (the stream tools do it at their boundary)."""
+        return self.stream(market).status(time.time())

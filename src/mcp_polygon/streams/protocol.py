@@ -1,20 +1,25 @@
-"""Sans-I/O session logic for the vendor WebSocket protocol: no sockets, no asyncio, plain function calls.
+"""Sans-I/O session logic for the vendor WebSocket protocol: no sockets, no asyncio, no clock, plain function calls.
 
-The I/O layer (connection.py) feeds every received frame to `ProtocolSession.receive()` and sends whatever
-`data_to_send()` returns. The session builds the auth/subscribe/unsubscribe messages, tracks authentication and
-the acknowledgement of every topic (acknowledged / pending / rejected with the server's reason), and classifies
-every status event. Data events are never turned into Python objects of ours: a frame is decoded once with
-orjson and handed on as raw bytes plus per-event-type counts.
+The I/O layer (connection.py) feeds every received frame to `ProtocolSession.receive(data, now_ns)` and sends
+whatever `data_to_send()` returns. The session builds the auth/subscribe/unsubscribe messages, tracks authentication
+and the acknowledgement of every topic (TopicStatus: pending / acknowledged / rejected with the server's reason), and
+classifies every status event. Time comes in with the frame (python-websockets style), so every state change can be
+replayed in a test with exact times.
+
+Data events are never turned into Python objects of ours: a frame of data events only (the firehose case) is not
+decoded at all (see `receive`); a frame with status events or anything unusual is decoded once with orjson, and
+its data events are handed on as compact raw bytes plus per-event-type counts.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter, deque
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from operator import itemgetter
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import orjson
@@ -32,6 +37,7 @@ _NEXT_EVS = re.compile(rb'\},\{"ev":"([^"\\]*)"').findall
 PREVIEW_WINDOW = 4096  # characters of a malformed frame masked before its first 60 are quoted
 
 SUBSCRIBE_CHUNK = 500  # topics per subscribe/unsubscribe message
+HISTORY_LENGTH = 50  # status events kept for the status tool
 
 
 class Status(StrEnum):
@@ -48,9 +54,11 @@ class Status(StrEnum):
     UNKNOWN = "unknown"
 
 
-# Statuses after which the server is going to drop the connection (or already has): the I/O layer closes it
-# and applies its retry policy.
-TERMINAL = frozenset({Status.AUTH_FAILED, Status.AUTH_TIMEOUT, Status.MAX_CONNECTIONS})
+class AckAction(StrEnum):
+    """What a `success` status acknowledges."""
+
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBED = "unsubscribed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +66,7 @@ class StatusEvent:
     kind: Status
     status: str  # the raw `status` field
     message: str
-    action: str | None = None  # "subscribed" / "unsubscribed" for SUCCESS acks
+    action: AckAction | None = None  # for SUCCESS acks of a subscribe or an unsubscribe
     topics: tuple[str, ...] = ()
     plan_lacks_websocket: bool = False  # the auth_failed variant "Your plan doesn't include websocket access"
 
@@ -76,15 +84,15 @@ def classify(event: dict[str, Any]) -> StatusEvent:
     display = status or str(raw_status or "")
     plan = "websocket access" in lower or "plan doesn't include" in lower or "plan does not include" in lower
 
-    def make(kind: Status, **kw: Any) -> StatusEvent:
-        return StatusEvent(kind, display, message, **kw)
+    def make(kind: Status, action: AckAction | None = None, topics: tuple[str, ...] = ()) -> StatusEvent:
+        return StatusEvent(kind, display, message, action, topics, plan and kind is Status.AUTH_FAILED)
 
     if status in ("connected",):
         return make(Status.CONNECTED)
     if status == "auth_success" or (status == "success" and lower == "authenticated"):
         return make(Status.AUTH_SUCCESS)
     if status == "auth_failed" or (status == "error" and ("authentication failed" in lower or plan)):
-        return make(Status.AUTH_FAILED, plan_lacks_websocket=plan)
+        return make(Status.AUTH_FAILED)
     if status == "auth_timeout":
         return make(Status.AUTH_TIMEOUT)
     if status == "auth_required":
@@ -96,19 +104,23 @@ def classify(event: dict[str, Any]) -> StatusEvent:
     if status == "force_disconnect":
         return make(Status.FORCE_DISCONNECT)
     if status == "success":
-        for action in ("unsubscribed", "subscribed"):  # "unsubscribed" first: it contains "subscribed"
-            head = action + " to:"
+        for action in (AckAction.UNSUBSCRIBED, AckAction.SUBSCRIBED):  # "unsubscribed" first: it contains "subscribed"
+            head = action.value + " to:"
             if lower.startswith(head):
                 topics = tuple(t.strip() for t in message[len(head) :].split(",") if t.strip())
-                return make(Status.SUCCESS, action=action, topics=topics)
+                return make(Status.SUCCESS, action, topics)
         return make(Status.SUCCESS)
     if status == "error":
         return make(Status.ERROR)
     return make(Status.UNKNOWN)
 
 
+# Data events per `ev`: bytes keys on the fast path (read by a regex, never decoded), str keys on the slow path.
+EventCounts = Counter[bytes] | Counter[str]
+
+
 class Frame(NamedTuple):
-    """One received frame, decoded once.
+    """One received frame, classified.
 
     raw: the data events (status events and malformed entries removed) as a compact JSON array without
     newlines, ready for the buffer and the recorder; None when the frame had no data events.
@@ -116,7 +128,7 @@ class Frame(NamedTuple):
 
     raw: bytes | None
     count: int  # type: ignore[assignment]  # shadows tuple.count; every caller reads the field
-    counts: Counter[Any] | None  # data events per `ev` (keys are bytes on the fast path, str on the slow path)
+    counts: EventCounts | None  # None exactly when raw is None
     statuses: list[StatusEvent]
     malformed: str | None  # why (part of) the frame was dropped, when it was
 
@@ -124,12 +136,23 @@ class Frame(NamedTuple):
 _NO_STATUS: list[StatusEvent] = []
 
 
-@dataclass(slots=True)
+class TopicStatus(StrEnum):
+    """Where one desired subscription stands with the server."""
+
+    PENDING = "pending"  # not sent yet, or sent and not answered
+    ACKNOWLEDGED = "acknowledged"
+    REJECTED = "rejected"  # the server answered with an error; `reason` says what it said
+
+
+@dataclass(frozen=True, slots=True)
 class TopicState:
-    state: str = "pending"  # pending | acknowledged | rejected
-    reason: str | None = None
-    since: float = field(default_factory=time.time)
-    sent: bool = False
+    status: TopicStatus = TopicStatus.PENDING
+    reason: str | None = None  # the server's words, for a rejection
+    sent: bool = False  # a subscribe for it went out on the current connection
+
+
+_PENDING = TopicState()
+_PENDING_SENT = TopicState(sent=True)
 
 
 class AuthState(StrEnum):
@@ -143,25 +166,28 @@ class ProtocolSession:
     """Authentication, subscriptions and status handling for one market, across any number of connections.
 
     The desired subscriptions survive a reconnect: `connection_opened()` queues the auth message and, once
-    `auth_success` arrives, every active topic is subscribed again.
+    `auth_success` arrives, every active topic is subscribed again. Outside code changes the session only through
+    its methods; what it reads (auth, topics, the last error...) it reads, and never writes.
     """
 
-    def __init__(self, api_key: str | None) -> None:
+    def __init__(self, api_key: str | None, redact: Redactor | None = None) -> None:
         self._key = api_key or ""
-        self.redact = Redactor(api_key)  # masks the key in everything the vendor says back
-        self.auth = AuthState.DISCONNECTED
+        # Masks the key in everything the vendor says back, before it is kept or logged (one Redactor per process
+        # is enough: the stream manager passes its own).
+        self.redact = redact if redact is not None else Redactor(api_key)
+        self._auth = AuthState.DISCONNECTED
         self.auth_message: str | None = None  # the server's last auth-related message
         self.plan_lacks_websocket = False
-        self.topics: dict[str, TopicState] = {}  # desired subscriptions, in the order added
-        self.unsubscribing: dict[str, float] = {}  # unsubscribe sent, ack not yet seen
+        self._topics: dict[str, TopicState] = {}  # desired subscriptions, in the order added
+        self._unsubscribing: dict[str, None] = {}  # unsubscribe sent, ack not yet seen (an ordered set)
         self._awaiting: dict[str, None] = {}  # subscribe sent on this connection, no answer yet (send order)
         self._outbox: list[str] = []
         self.terminal: StatusEvent | None = None  # set when the server said it will drop us
         self.last_status: StatusEvent | None = None
         self.last_error: str | None = None
-        self.last_error_at: float | None = None
+        self.last_error_at: float | None = None  # Unix seconds, from the `now_ns` of the frame that said it
         self.warning: StatusEvent | None = None  # slow_consumer / force_disconnect / terminal, on this socket
-        self.history: deque[tuple[float, StatusEvent]] = deque(maxlen=50)
+        self.history: deque[tuple[float, StatusEvent]] = deque(maxlen=HISTORY_LENGTH)
         self.status_counts: Counter[str] = Counter()
         self.malformed_frames = 0
         self.malformed_events = 0
@@ -181,39 +207,46 @@ class ProtocolSession:
     def connection_opened(self) -> None:
         """A socket is open: authenticate first; subscriptions follow auth_success."""
         self._outbox = []
-        self._awaiting = {}
-        self.unsubscribing = {}
+        self._awaiting.clear()
+        self._unsubscribing.clear()  # (cleared, not replaced: a view of it handed out stays true)
         self.terminal = None
         self.warning = None
-        self.auth = AuthState.PENDING
-        for st in self.topics.values():
-            st.sent = False
-            if st.state == "acknowledged":
-                st.state, st.since = "pending", time.time()
+        self._auth = AuthState.PENDING
+        self._unsent_all()
         self._outbox.append(_dumps({"action": "auth", "params": self._key}).decode())
 
     def connection_lost(self) -> None:
-        if self.auth is not AuthState.FAILED:
-            self.auth = AuthState.DISCONNECTED
-        self._awaiting = {}
-        self.unsubscribing = {}
+        if self._auth is not AuthState.FAILED:
+            self._auth = AuthState.DISCONNECTED
+        self._awaiting.clear()
+        self._unsubscribing.clear()
         self._outbox = []
-        for st in self.topics.values():
-            st.sent = False
-            if st.state == "acknowledged":
-                st.state, st.since = "pending", time.time()
+        self._unsent_all()
 
-    def subscribe(self, topics: list[str]) -> list[str]:
+    def _unsent_all(self) -> None:
+        """A new (or no) connection: nothing is sent on it yet, and an acknowledgement from the old one is void."""
+        topics = self._topics
+        for t, st in topics.items():
+            if st.status is TopicStatus.ACKNOWLEDGED:
+                topics[t] = _PENDING
+            elif st.sent:
+                topics[t] = replace(st, sent=False)
+
+    def reset_auth_failure(self) -> None:
+        """Forget a failed authentication, so that a new start tries the key again (the tool asked for it)."""
+        if self._auth is AuthState.FAILED:
+            self._auth = AuthState.DISCONNECTED
+
+    def subscribe(self, topics: Iterable[str]) -> list[str]:
         """Add topics (already validated). Re-subscribing a rejected topic retries it. Returns what will be sent."""
         fresh: list[str] = []
-        now = time.time()
         for t in topics:
-            st = self.topics.get(t)
-            if st is None or st.state == "rejected":
-                self.topics[t] = TopicState(since=now)
+            st = self._topics.get(t)
+            if st is None or st.status is TopicStatus.REJECTED:
+                self._topics[t] = _PENDING
                 fresh.append(t)
-            self.unsubscribing.pop(t, None)
-        if self.auth is AuthState.OK:
+            self._unsubscribing.pop(t, None)
+        if self._auth is AuthState.OK:
             self._send_subscribe(fresh)
         return fresh
 
@@ -221,48 +254,72 @@ class ProtocolSession:
         if not topics:
             return
         for t in topics:
-            self.topics[t].sent = True
+            self._topics[t] = _PENDING_SENT
             self._awaiting[t] = None
         self._queue("subscribe", topics)
 
-    def unsubscribe(self, topics: list[str]) -> list[str]:
+    def unsubscribe(self, topics: Iterable[str]) -> list[str]:
         """Remove topics. Returns the ones that were subscribed (and are now being unsubscribed)."""
         gone: list[str] = []
-        now = time.time()
         for t in topics:
-            st = self.topics.pop(t, None)
+            st = self._topics.pop(t, None)
             if st is None:
                 continue
             self._awaiting.pop(t, None)
             gone.append(t)
-            if st.sent and st.state != "rejected":
-                self.unsubscribing[t] = now
-        if self.auth is AuthState.OK:
-            send = [t for t in gone if t in self.unsubscribing]
+            if st.sent and st.status is not TopicStatus.REJECTED:
+                self._unsubscribing[t] = None
+        if self._auth is AuthState.OK:
+            send = [t for t in gone if t in self._unsubscribing]
             if send:
                 self._queue("unsubscribe", send)
         return gone
 
     def clear(self) -> None:
         """Forget every subscription (used when the stream is stopped)."""
-        self.topics.clear()
+        self._topics.clear()
         self._awaiting.clear()
-        self.unsubscribing.clear()
+        self._unsubscribing.clear()
 
     # -- queries ---------------------------------------------------------------------------------------------
 
-    def by_state(self, state: str) -> list[str]:
-        return [t for t, st in self.topics.items() if st.state == state]
+    @property
+    def auth(self) -> AuthState:
+        return self._auth
 
-    def settled(self, topics: list[str] | None = None) -> bool:
+    @property
+    def topics(self) -> Mapping[str, TopicState]:
+        """The desired subscriptions in the order added, read-only."""
+        return MappingProxyType(self._topics)
+
+    @property
+    def unsubscribing(self) -> Collection[str]:
+        """Topics whose unsubscribe is sent and not yet acknowledged, in send order, read-only."""
+        return self._unsubscribing.keys()
+
+    def by_status(self, status: TopicStatus) -> list[str]:
+        return [t for t, st in self._topics.items() if st.status is status]
+
+    def rejections(self) -> dict[str, str]:
+        """Each rejected topic and the server's reason."""
+        return {t: st.reason or "rejected" for t, st in self._topics.items() if st.status is TopicStatus.REJECTED}
+
+    def all_acknowledged(self, topics: Iterable[str]) -> bool:
+        """True when every one of `topics` is subscribed and acknowledged on the current connection."""
+        known = self._topics
+        return all(t in known and known[t].status is TopicStatus.ACKNOWLEDGED for t in topics)
+
+    def settled(self, topics: Iterable[str] | None = None) -> bool:
         """True when no topic in `topics` (default: all) is still waiting for an answer."""
-        names = self.topics if topics is None else topics
-        return all(self.topics[t].state != "pending" for t in names if t in self.topics)
+        known = self._topics
+        names = known if topics is None else topics
+        return all(known[t].status is not TopicStatus.PENDING for t in names if t in known)
 
     # -- incoming --------------------------------------------------------------------------------------------
 
-    def receive(self, data: bytes | str) -> Frame:
-        """Classify one frame. Status events update the session; data events come back as raw bytes + counts.
+    def receive(self, data: bytes | bytearray | memoryview | str, now_ns: int) -> Frame:
+        """Classify one frame received at `now_ns` (Unix ns). Status events update the session; data events come
+        back as raw bytes + counts.
 
         What is counted is what a reader can decode: `count` is exactly the number of top-level objects with a
         string `ev`, and anything else in the frame (an object without `ev`, a number, a nested array) is counted
@@ -286,16 +343,16 @@ class ProtocolSession:
             data = data.encode() if isinstance(data, str) else bytes(data)
         first = _FIRST_EV(data)
         if first is not None and data.endswith(b"}]") and data.isascii() and b"\n" not in data:
-            evs = _NEXT_EVS(data)
+            evs: list[bytes] = _NEXT_EVS(data)
             n = len(evs) + 1
             if data.count(b"{") == n and data.count(b'"ev"') == n:
-                counts = Counter(evs)
+                counts: Counter[bytes] = Counter(evs)
                 counts[first.group(1)] += 1
                 if b"status" not in counts:
                     return Frame(data, n, counts, _NO_STATUS, None)
-        return self._receive_slow(data)
+        return self._receive_slow(data, now_ns / 1e9)
 
-    def _receive_slow(self, received: bytes) -> Frame:
+    def _receive_slow(self, received: bytes, now: float) -> Frame:
         try:
             events = _loads(received)
         except orjson.JSONDecodeError:
@@ -307,6 +364,7 @@ class ProtocolSession:
             events = [events]
             data = None
         malformed = None
+        counts: Counter[str] | None
         try:
             counts = Counter(map(_get_ev, events))
         except (KeyError, TypeError):
@@ -320,7 +378,7 @@ class ProtocolSession:
             self.last_malformed = malformed
         statuses = _NO_STATUS
         if "status" in counts:
-            statuses = [self._handle(classify(e)) for e in events if e["ev"] == "status"]
+            statuses = [self._handle(classify(e), now) for e in events if e["ev"] == "status"]
             n_status = counts.pop("status")
             if n_status == len(events):
                 return Frame(None, 0, None, statuses, malformed)
@@ -350,33 +408,26 @@ class ProtocolSession:
             return st
         return replace(st, status=status, message=message, topics=tuple(map(redact, st.topics)))
 
-    def _handle(self, raw: StatusEvent) -> StatusEvent:
+    def _handle(self, raw: StatusEvent, now: float) -> StatusEvent:
         st = self._masked(raw)
-        now = time.time()
         self.last_status = st
         self.history.append((now, st))
         self.status_counts[st.kind.value] += 1
         kind = st.kind
         if kind is Status.AUTH_SUCCESS:
-            self.auth = AuthState.OK
+            self._auth = AuthState.OK
             self.auth_message = st.message
-            self._send_subscribe([t for t, s in self.topics.items() if not s.sent and s.state != "rejected"])
+            self._send_subscribe(
+                [t for t, s in self._topics.items() if not s.sent and s.status is not TopicStatus.REJECTED]
+            )
         elif kind is Status.AUTH_FAILED:
-            self.auth = AuthState.FAILED
+            self._auth = AuthState.FAILED
             self.auth_message = st.message
             self.plan_lacks_websocket = st.plan_lacks_websocket
             self.last_error, self.last_error_at = st.describe(), now
             self.terminal = self.warning = st
         elif kind is Status.SUCCESS:
-            if st.action == "subscribed":
-                for t in st.topics:
-                    ts = self.topics.get(t)
-                    self._awaiting.pop(t, None)
-                    if ts is not None:
-                        ts.state, ts.reason, ts.since = "acknowledged", None, now
-            elif st.action == "unsubscribed":
-                for t in st.topics:
-                    self.unsubscribing.pop(t, None)
+            self._acknowledge(st)
         elif kind is Status.ERROR:
             self.last_error, self.last_error_at = st.describe(), now
             self._reject(st.message or st.status)
@@ -389,6 +440,17 @@ class ProtocolSession:
                 self.warning = st
         return st
 
+    def _acknowledge(self, st: StatusEvent) -> None:
+        if st.action is AckAction.SUBSCRIBED:
+            for t in st.topics:
+                self._awaiting.pop(t, None)
+                ts = self._topics.get(t)
+                if ts is not None:
+                    self._topics[t] = TopicState(TopicStatus.ACKNOWLEDGED, None, ts.sent)
+        elif st.action is AckAction.UNSUBSCRIBED:
+            for t in st.topics:
+                self._unsubscribing.pop(t, None)
+
     def _reject(self, reason: str) -> None:
         """Attribute an error to a topic: one the message names, else the oldest unanswered subscribe."""
         named = [t for t in self._awaiting if t in reason]
@@ -398,9 +460,9 @@ class ProtocolSession:
         if target is None:
             return
         self._awaiting.pop(target, None)
-        ts = self.topics.get(target)
+        ts = self._topics.get(target)
         if ts is not None:
-            ts.state, ts.reason, ts.since = "rejected", reason, time.time()
+            self._topics[target] = TopicState(TopicStatus.REJECTED, reason, ts.sent)
 
 
 def _clean(events: list[Any]) -> tuple[list[dict[str, Any]], int]:

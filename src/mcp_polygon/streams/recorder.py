@@ -31,7 +31,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
@@ -39,6 +39,7 @@ from typing import BinaryIO
 import orjson
 
 from mcp_polygon.streams.formatting import iso
+from mcp_polygon.streams.query import Direction, Event, ReadPlan
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ _DICT_ONLY = {dict}
 _LOOKAHEAD = 4  # lines read ahead to tell a damaged (too large) time from the real end of a window
 _CORRUPT = -1  # the stamp _judged_lines gives a line it rejects
 
-Event = dict[str, object]
+_END_OF_TIME = 2**63 - 1  # the largest stamp a recording can hold (an int64 of ns)
+
 Opener = Callable[[Path], BinaryIO]
 Clock = Callable[[], float]
 
@@ -438,7 +440,6 @@ class ReplayResult:
     recorded_from_ns: int | None  # the oldest recorded time available
     recorded_to_ns: int | None
     corrupt_lines: int = 0  # damaged lines skipped in the part of the window this page covered
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -535,16 +536,18 @@ def _complete(line: bytes) -> bool:
     return line.endswith(b"\n")
 
 
-def replay(
-    directory: Path,
-    from_ns: int,
-    to_ns: int,
-    *,
-    limit: int = 1000,
-    match: Callable[[Event], bool] | None = None,
-    needles: tuple[bytes, ...] | None = None,
-) -> ReplayResult:
-    """Recorded events with from_ns <= time <= to_ns, oldest first, at most `limit`. Safe to run in a thread."""
+def replay(directory: Path, plan: ReadPlan) -> ReplayResult:
+    """The recorded events `plan` selects, oldest first: its channels, received from_ns <= time <= to_ns (either
+    bound may be open), at most plan.limit. Safe to run in a thread.
+
+    Recordings are addressed by time: a plan that reads the NEWEST events or starts after a since_seq (a buffer's
+    numbering) is a ValueError.
+    """
+    if plan.direction is not Direction.FORWARD or plan.since_seq is not None:
+        raise ValueError("replay reads forward by receive time; NEWEST and since_seq are the buffer's")
+    from_ns = 0 if plan.from_ns is None else plan.from_ns
+    to_ns = _END_OF_TIME if plan.to_ns is None else plan.to_ns
+    limit = plan.limit
     segs = list_segments(Path(directory))
     spans: list[tuple[int, int, Segment]] = []
     for seg in segs:
@@ -565,7 +568,7 @@ def replay(
         if len(out) >= limit and not overlapping:
             more = True
             break
-        got = _replay_segment(seg, from_ns, to_ns, limit, match, needles)
+        got = _replay_segment(seg, from_ns, to_ns, plan)
         read += 1
         out.extend(got.events)
         more = more or got.more
@@ -579,19 +582,13 @@ def replay(
     return ReplayResult(out, more, next_from, read, len(spans), rec_from, rec_to, corrupt)
 
 
-def _replay_segment(
-    seg: Segment,
-    from_ns: int,
-    to_ns: int,
-    limit: int,
-    match: Callable[[Event], bool] | None,
-    needles: tuple[bytes, ...] | None,
-) -> _SegmentReplay:
+def _replay_segment(seg: Segment, from_ns: int, to_ns: int, plan: ReadPlan) -> _SegmentReplay:
     """One segment's part of a page. Corrupt lines are counted once over a paged walk: those before the page's
     first good line in the window belong to this page, those after the line that filled it to the next one."""
     out: list[tuple[int, Event]] = []
     corrupt = 0
     unplaced = 0  # corrupt lines since the last good line: inside the window if a good line in it follows
+    needles, limit = plan.needles, plan.limit
     try:
         f = open(seg.path, "rb")
     except OSError:
@@ -613,27 +610,17 @@ def _replay_segment(
                 unplaced = 0
             if ns > to_ns:
                 return _SegmentReplay(out, False, corrupt)
-            if needles is not None and not any(nd in raw for nd in needles):
+            if needles is not None and not any(needle in raw for needle in needles):
                 continue
-            try:
-                events = _loads(raw)
-            except orjson.JSONDecodeError:
-                events = None
-            if type(events) is not list:
+            events = _line_events(raw)
+            if events is None:
                 if ns >= from_ns:  # (one before the window was counted by the page that covered it)
                     corrupt += 1
                 continue
-            if set(map(type, events)) != _DICT_ONLY:
-                events = [e for e in events if type(e) is dict]
-            start = from_ns - ns if ns < from_ns else 0
-            end = min(len(events), to_ns - ns + 1)
-            if start >= end:
-                continue
+            # Event k of a line is stamped ns + k: the window cuts a line at its own stamps.
+            start, end = max(0, from_ns - ns), min(len(events), to_ns - ns + 1)
             part = events[start:end] if start or end < len(events) else events
-            if match is None:
-                hits = list(zip(range(ns + start, ns + end), part, strict=True))
-            else:
-                hits = [(ns + k, e) for k, e in enumerate(part, start) if match(e)]
+            hits = [(ns + k, e) for k, e in plan.hits(enumerate(part, start))]
             room = limit - len(out)
             if len(hits) >= room:
                 out += hits[:room]
@@ -641,6 +628,20 @@ def _replay_segment(
                 return _SegmentReplay(out, len(hits) > room or _next_good_in_window(lines, to_ns), corrupt)
             out += hits
     return _SegmentReplay(out, False, corrupt + unplaced)
+
+
+def _line_events(raw: bytes) -> list[Event] | None:
+    """The events of one recorded line (its objects; anything else in the array is dropped), None if it is not a
+    JSON array."""
+    try:
+        events = _loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(events) is not list:
+        return None
+    if set(map(type, events)) != _DICT_ONLY:
+        return [e for e in events if type(e) is dict]
+    return events
 
 
 def _next_good_in_window(lines: Iterator[tuple[int, bytes]], to_ns: int) -> bool:

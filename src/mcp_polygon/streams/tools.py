@@ -1,16 +1,19 @@
 """The 8 stream tools per market, registered for every market in settings.stream_markets from one implementation.
 
-Tools read the buffer and the manager's state; they never touch a socket. Every refusal is a ToolError with
-one actionable sentence; every text that leaves here passes through the manager's one `Redactor`, so the API key
-cannot leak, and stays within settings.max_response_chars: reads stop adding rows at the budget, say so and say
-where to continue, and any other answer is cut with a marker.
+Tools read the manager's typed snapshots (ChangeOutcome, StreamStatus, SubscriptionList, BufferStatus) and render
+them; they never touch a socket, a session, a buffer or a recorder. Every refusal is a ToolError with one actionable
+sentence. Redaction happens once, at this boundary: `_guard` passes every answer and error through the manager's one
+`Redactor`, so the API key cannot leak; the only other masking here is of outside text about to be clipped
+(`_shown`), because a clip could cut the key in two and leave half of it for `_guard` not to find. Every answer stays
+within settings.max_response_chars: reads stop adding rows at the budget, say so and say where to continue, and any
+other answer is cut with a marker.
 """
 
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -19,6 +22,7 @@ from pydantic import Field
 from mcp_polygon.config import Settings
 from mcp_polygon.redaction import Redactor
 from mcp_polygon.streams.buffer import ReadResult
+from mcp_polygon.streams.connection import ConnectionState
 from mcp_polygon.streams.formatting import (
     TimeFormatError,
     ago,
@@ -31,8 +35,16 @@ from mcp_polygon.streams.formatting import (
     json_items_within,
     parse_time_ns,
 )
-from mcp_polygon.streams.manager import FUTURES_EXCHANGES, ChangeOutcome, MarketStream, StreamError, StreamManager
+from mcp_polygon.streams.manager import (
+    FUTURES_EXCHANGES,
+    ChangeOutcome,
+    MarketStream,
+    StreamError,
+    StreamManager,
+    StreamStatus,
+)
 from mcp_polygon.streams.markets import MARKETS, Market
+from mcp_polygon.streams.protocol import AuthState
 from mcp_polygon.streams.recorder import RecordingState, ReplayResult
 
 log = logging.getLogger(__name__)
@@ -44,12 +56,14 @@ OUTSIDE_CHARS = 300  # how much of a vendor message, an error or an echoed argum
 ERROR_CHARS = 2_000  # an error is one sentence; longer means it echoes something huge
 
 
-def _guard(fn: Callable[..., Awaitable[str]], tool_name: str, redact: Redactor, max_chars: int):
+def _guard(
+    fn: Callable[..., Awaitable[str]], tool_name: str, redact: Redactor, max_chars: int
+) -> Callable[..., Awaitable[str]]:
     """Every outcome becomes text or a ToolError with an actionable message; the key never leaves, and no
     answer is longer than `max_chars`."""
 
     @functools.wraps(fn)
-    async def wrapper(*args, **kwargs) -> str:
+    async def wrapper(*args: Any, **kwargs: Any) -> str:
         try:
             text = await fn(*args, **kwargs)
         except (ToolError, StreamError, TimeFormatError) as exc:
@@ -103,18 +117,21 @@ def _longest_cut_note(total: int, max_chars: int, resume: str, first: str) -> st
     return max(_cut_note(0, total, max_chars, resume, first), _cut_note(1, total, max_chars, resume, first), key=len)
 
 
-def _state_text(state: str, auth: str) -> str:
-    return {
-        "streaming": "streaming (authenticated)",
-        "authenticating": "connected, authenticating",
-        "connecting": "connecting",
-        "reconnecting": "disconnected, reconnecting",
-        "cooldown": "paused: another connection on this API key holds the slot",
-        "auth_failed": "stopped: authentication failed",
-        "failed": "stopped: endpoint unusable",
-        "stopped": "stopped",
-        "idle": "not started",
-    }.get(state, state)
+STATE_TEXTS = {
+    ConnectionState.STREAMING: "streaming (authenticated)",
+    ConnectionState.AUTHENTICATING: "connected, authenticating",
+    ConnectionState.CONNECTING: "connecting",
+    ConnectionState.RECONNECTING: "disconnected, reconnecting",
+    ConnectionState.COOLDOWN: "paused: another connection on this API key holds the slot",
+    ConnectionState.AUTH_FAILED: "stopped: authentication failed",
+    ConnectionState.FAILED: "stopped: endpoint unusable",
+    ConnectionState.STOPPED: "stopped",
+    ConnectionState.IDLE: "not started",
+}
+
+
+def _state_text(state: ConnectionState) -> str:
+    return STATE_TEXTS[state]
 
 
 class _Tools:
@@ -134,13 +151,13 @@ class _Tools:
         then clipped, so a clip can never cut the key in two and leave half of it readable."""
         return clip(self.manager.redact(str(text)), limit)
 
-    def _list(self, items: list[str], limit: int = 40, sep: str = ", ") -> str:
+    def _list(self, items: Sequence[str], limit: int = 40, sep: str = ", ") -> str:
         """At most `limit` items (each clipped: a topic is the agent's own text, of any length), then a count."""
         shown = sep.join(self._shown(item, 100) for item in items[:limit])
         return shown if len(items) <= limit else f"{shown}{sep}... and {len(items) - limit} more"
 
     def _outcome_lines(self, o: ChangeOutcome, verb: str) -> list[str]:
-        lines = []
+        lines: list[str] = []
         if o.acknowledged:
             lines.append(f"{verb} (acknowledged by the server): {self._list(o.acknowledged)}")
         if o.pending:
@@ -149,32 +166,32 @@ class _Tools:
                 f"{self._list(o.pending)}"
             )
         if o.rejected:
-            rejected = [f"{t} ({r})" for t, r in o.rejected.items()]
+            rejected = [f"{r.topic} ({r.reason})" for r in o.rejected]
             lines.append(f"REJECTED by the server: {self._list(rejected, 40, '; ')}")
         return lines
 
     # -- control ---------------------------------------------------------------------------------------------
 
-    async def start(self, channels, endpoint) -> str:
+    async def start(self, channels: list[str] | str, endpoint: str | None) -> str:
         o = await self.manager.start(self.m, channels, endpoint)
         lines = self._head()
-        endpoint = self._shown(o.endpoint)
-        if o.state == "streaming":
-            head = f"{self.m} stream: streaming from {endpoint}"
-        elif o.state == "cooldown":
+        shown_endpoint = self._shown(o.endpoint)
+        if o.state is ConnectionState.STREAMING:
+            head = f"{self.m} stream: streaming from {shown_endpoint}"
+        elif o.state is ConnectionState.COOLDOWN:
             head = (
                 f"{self.m} stream: NOT streaming - the server reported max_connections (another connection on this "
                 f"API key and market took the slot); retrying at {iso(o.retry_at, ms=False)} instead of fighting it. "
                 f"To take the slot back now: stop_{self.m}_stream, then start_{self.m}_stream (evicts the other)."
             )
-        elif o.auth != "authenticated":
+        elif o.auth is not AuthState.OK:
             why = f": {self._shown(o.error)}" if o.error else ""
             head = (
                 f"{self.m} stream: NOT connected yet{why}. It keeps retrying in the background "
-                f"({endpoint}); check get_{self.m}_stream_status."
+                f"({shown_endpoint}); check get_{self.m}_stream_status."
             )
         else:
-            head = f"{self.m} stream: {_state_text(o.state, o.auth)} ({endpoint})"
+            head = f"{self.m} stream: {_state_text(o.state)} ({shown_endpoint})"
         lines.append(head + (" - already subscribed to all of these." if o.already else ""))
         if o.switched_from:
             lines.append(
@@ -182,32 +199,35 @@ class _Tools:
                 "pass endpoint again to stay on another one."
             )
         lines += self._outcome_lines(o, "subscribed")
-        b = self.manager.stream(self.m).buffer
-        lines.append(f"next: get_{self.m}_stream_messages(since_seq={b.head}) returns only events after this call.")
+        head_seq = self._stream().buffer_status().newest_seq
+        lines.append(f"next: get_{self.m}_stream_messages(since_seq={head_seq}) returns only events after this call.")
         return "\n".join(lines)
+
+    def _stream(self) -> MarketStream:
+        return self.manager.stream(self.m)
 
     async def stop(self) -> str:
         was = await self.manager.stop(self.m)
-        b = self.manager.stream(self.m).buffer
+        b = self._stream().buffer_status()
         state = "stopped; connection closed" if was else "was not running"
         return "\n".join(
             [
                 *self._head(),
-                f"{self.m} stream {state}. Subscriptions cleared. The buffer stays readable: {len(b)} events "
-                f"(seq {b.oldest if b.head else 0}-{b.head}) via get_{self.m}_stream_messages; recordings via "
+                f"{self.m} stream {state}. Subscriptions cleared. The buffer stays readable: {b.size} events "
+                f"(seq {b.oldest_seq or 0}-{b.newest_seq}) via get_{self.m}_stream_messages; recordings via "
                 f"replay_{self.m}_stream_messages.",
             ]
         )
 
-    async def subscribe(self, channels) -> str:
+    async def subscribe(self, channels: list[str] | str) -> str:
         o = await self.manager.subscribe(self.m, channels)
-        lines = [*self._head(), f"{self.m} stream: {_state_text(o.state, o.auth)}."]
+        lines = [*self._head(), f"{self.m} stream: {_state_text(o.state)}."]
         if o.already:
             lines.append("already subscribed to all of these.")
         lines += self._outcome_lines(o, "subscribed")
         return "\n".join(lines)
 
-    async def unsubscribe(self, channels) -> str:
+    async def unsubscribe(self, channels: list[str] | str) -> str:
         o = await self.manager.unsubscribe(self.m, channels)
         lines = [*self._head()]
         if o.acknowledged:
@@ -216,106 +236,124 @@ class _Tools:
             lines.append(f"unsubscribe sent, not yet acknowledged: {self._list(o.pending)}")
         if o.unknown:
             lines.append(f"not subscribed (nothing to do): {self._list(o.unknown)}")
-        left = list(self.manager.stream(self.m).session.topics)
+        left = self._stream().topic_names()
         lines.append(f"still subscribed: {self._list(left) if left else 'nothing'}")
         return "\n".join(lines)
 
     async def list_subscriptions(self) -> str:
-        groups = self.manager.subscriptions(self.m)
-        st = self.manager.stream(self.m)
-        lines = [
-            *self._head(),
-            f"{self.m} subscriptions ({len(st.session.topics)}), stream {_state_text(st.state, '')}:",
-        ]
-        if not groups:
+        subs = self.manager.subscriptions(self.m)
+        lines = [*self._head(), f"{self.m} subscriptions ({subs.total}), stream {_state_text(subs.state)}:"]
+        if not subs.groups:
             lines.append(f"none. Subscribe with start_{self.m}_stream(channels=[...]).")
-        for prefix, g in groups.items():
-            et = self.market.events.get(prefix)
-            title = f"{prefix} ({et.title})" if et else prefix
+        for g in subs.groups:
+            et = self.market.events.get(g.prefix)
+            title = f"{g.prefix} ({et.title})" if et else g.prefix
             parts = []
-            if g["acknowledged"]:
-                parts.append("acknowledged " + self._list([t.partition(".")[2] for t in g["acknowledged"]], 200))
-            if g["pending"]:
-                parts.append("pending " + self._list([t.partition(".")[2] for t in g["pending"]], 200))
-            if g["rejected"]:
-                rejected = [f"{t.partition('.')[2]} ({r})" for t, r in g["rejected"].items()]
+            if g.acknowledged:
+                parts.append("acknowledged " + self._list([t.partition(".")[2] for t in g.acknowledged], 200))
+            if g.pending:
+                parts.append("pending " + self._list([t.partition(".")[2] for t in g.pending], 200))
+            if g.rejected:
+                rejected = [f"{r.topic.partition('.')[2]} ({r.reason})" for r in g.rejected]
                 parts.append("rejected " + self._list(rejected, 200, "; "))
             lines.append(f"{title}: " + " | ".join(parts))
         return "\n".join(lines)
 
     async def status(self) -> str:
         s = self.manager.status(self.m)
-        now = time.time()
         lines = self._head()
-        lines.append(f"{self.m} stream: {_state_text(s['state'], s['auth'])}; endpoint {self._shown(s['endpoint'])}")
-        if s["state"] == "cooldown":
-            lines.append(
-                f"max_connections: another connection on this API key and market took the slot; "
-                f"next attempt {iso(s['retry_at'], ms=False)} ({ago(s['retry_at'], now)})."
-            )
-        elif s["retry_at"]:
-            lines.append(f"next reconnect attempt {ago(s['retry_at'], now)}.")
-        subs = s["subscriptions"]
-        sub = f"subscriptions: {len(subs['acknowledged'])} acknowledged"
-        if subs["acknowledged"]:
-            sub += f" ({self._list(subs['acknowledged'], 20)})"
-        sub += f"; {len(subs['pending'])} pending"
-        if subs["pending"]:
-            sub += f" ({self._list(subs['pending'], 20)})"
-        sub += f"; {len(subs['rejected'])} rejected"
-        if subs["rejected"]:
-            sub += " (" + self._list([f"{t}: {r}" for t, r in subs["rejected"].items()], 20, "; ") + ")"
-        lines.append(sub)
-        # Event types are the feed's words: a broken feed could send thousands, so only the busiest are named.
-        busiest = sorted(s["events_per_channel"].items(), key=lambda kv: -kv[1])
-        per = self._list([f"{k} {v}" for k, v in busiest], 20)
+        lines.append(f"{self.m} stream: {_state_text(s.state)}; endpoint {self._shown(s.endpoint)}")
+        lines += self._retry_lines(s)
+        lines.append(self._subscriptions_line(s))
+        lines.append(self._events_line(s))
+        b = s.buffer
         lines.append(
-            f"events: {s['events_total']} total"
-            + (f" ({per})" if per else "")
-            + f"; rate {s['rate_per_s']:.1f}/s over the last 10 s; last event {ago(s['last_event_at'], now)}"
+            f"buffer: {b.size}/{b.capacity} events"
+            + (f", seq {b.oldest_seq}-{b.newest_seq}" if b.newest_seq else "")
+            + f", {b.overwritten} overwritten (read with since_seq often enough to keep up)"
         )
-        b = s["buffer"]
-        lines.append(
-            f"buffer: {b['size']}/{b['capacity']} events"
-            + (f", seq {b['oldest_seq']}-{b['newest_seq']}" if b["newest_seq"] else "")
-            + f", {b['overwritten']} overwritten (read with since_seq often enough to keep up)"
-        )
-        conn = f"connection: {s['connects']} connects, {s['reconnects']} reconnects"
-        if s["connected_since"]:
-            conn += f"; connected since {iso(s['connected_since'], ms=False)}"
-        if s["last_disconnect"]:
-            conn += f"; last disconnect {ago(s['last_disconnect_at'], now)}: {self._shown(s['last_disconnect'])}"
-        lines.append(conn)
-        if s["last_status"]:
-            lines.append(f"last status message: {self._shown(s['last_status'])}")
-        if s["last_error"]:
-            lines.append(f"last error ({ago(s['last_error_at'], now)}): {self._shown(s['last_error'])}")
-        if s["malformed_frames"] or s["malformed_events"]:
+        lines.append(self._connection_line(s))
+        if s.input.last_status:
+            lines.append(f"last status message: {self._shown(s.input.last_status)}")
+        if s.last_error:
+            lines.append(f"last error ({ago(s.last_error_at, s.at)}): {self._shown(s.last_error)}")
+        if s.input.malformed_frames or s.input.malformed_events:
             lines.append(
-                f"malformed input dropped: {s['malformed_frames']} frames, {s['malformed_events']} events "
-                f"(last: {self._shown(s['last_malformed'])})"
+                f"malformed input dropped: {s.input.malformed_frames} frames, {s.input.malformed_events} events "
+                f"(last: {self._shown(s.input.last_malformed)})"
             )
-        lines.append(f"recording: {s['recording']['summary']}")  # the same words replay uses
-        lines.append(f"now: {iso(now, ms=False)}")
+        lines.append(f"recording: {s.recording.describe()}")  # the same words replay uses
+        lines.append(f"now: {iso(s.at, ms=False)}")
         return "\n".join(lines)
+
+    def _retry_lines(self, s: StreamStatus) -> list[str]:
+        retry_at = s.connection.retry_at
+        if s.state is ConnectionState.COOLDOWN:
+            return [
+                f"max_connections: another connection on this API key and market took the slot; "
+                f"next attempt {iso(retry_at, ms=False)} ({ago(retry_at, s.at)})."
+            ]
+        if retry_at:
+            return [f"next reconnect attempt {ago(retry_at, s.at)}."]
+        return []
+
+    def _subscriptions_line(self, s: StreamStatus) -> str:
+        subs = s.subscriptions
+        line = f"subscriptions: {len(subs.acknowledged)} acknowledged"
+        if subs.acknowledged:
+            line += f" ({self._list(subs.acknowledged, 20)})"
+        line += f"; {len(subs.pending)} pending"
+        if subs.pending:
+            line += f" ({self._list(subs.pending, 20)})"
+        line += f"; {len(subs.rejected)} rejected"
+        if subs.rejected:
+            line += " (" + self._list([f"{r.topic}: {r.reason}" for r in subs.rejected], 20, "; ") + ")"
+        return line
+
+    def _events_line(self, s: StreamStatus) -> str:
+        ev = s.events
+        # Event types are the feed's words: a broken feed could send thousands, so only the busiest are named.
+        busiest = sorted(ev.per_channel, key=lambda kv: -kv[1])
+        per = self._list([f"{k} {v}" for k, v in busiest], 20)
+        return (
+            f"events: {ev.total} total"
+            + (f" ({per})" if per else "")
+            + f"; rate {ev.rate_per_s:.1f}/s over the last 10 s; last event {ago(ev.last_at, s.at)}"
+        )
+
+    def _connection_line(self, s: StreamStatus) -> str:
+        c = s.connection
+        line = f"connection: {c.connects} connects, {c.reconnects} reconnects"
+        if c.connected_since:
+            line += f"; connected since {iso(c.connected_since, ms=False)}"
+        if c.last_disconnect:
+            line += f"; last disconnect {ago(c.last_disconnect_at, s.at)}: {self._shown(c.last_disconnect)}"
+        return line
 
     # -- reading ---------------------------------------------------------------------------------------------
 
-    async def messages(self, limit, channel_filter, since_timestamp, since_seq, format) -> str:
+    async def messages(
+        self,
+        limit: int | None,
+        channel_filter: str | None,
+        since_timestamp: str | int | float | None,
+        since_seq: int | None,
+        format: str | None,
+    ) -> str:
         fmt = _format(format)
         limit = _limit(limit, 100)
-        since_time = None
+        since_ns = None
         if since_timestamp is not None and str(since_timestamp).strip() != "":
-            since_time = parse_time_ns(since_timestamp, "since_timestamp") / 1e9
+            since_ns = parse_time_ns(since_timestamp, "since_timestamp")
         if since_seq is not None and since_seq < 0:
             raise ToolError("since_seq must be 0 or more (use the next since_seq from the previous response).")
         r = self.manager.read(
-            self.m, limit=limit, channel_filter=channel_filter, since_seq=since_seq, since_time=since_time
+            self.m, limit=limit, channel_filter=channel_filter, since_seq=since_seq, since_ns=since_ns
         )
         st = self.manager.stream(self.m)
         notes = self._read_notes(r, since_seq, st)
         more = ""
-        if r.more and (since_seq is not None or since_time is not None):
+        if r.more and (since_seq is not None or since_ns is not None):
             more = f"more matching events are waiting: call again with since_seq={r.next_seq}."
         elif r.more:
             more = "older matching events exist; narrow the filter or use since_seq to page forward."
@@ -338,11 +376,12 @@ class _Tools:
         if r.gap:
             notes.append(
                 f"GAP: {r.gap} events after since_seq={since_seq} were overwritten before they could be read "
-                f"(buffer holds {st.buffer.capacity}); poll more often, or use replay_{self.m}_stream_messages."
+                f"(buffer holds {st.buffer_status().capacity}); poll more often, or use "
+                f"replay_{self.m}_stream_messages."
             )
         return notes
 
-    def _read_summary(self, events: list[tuple[int, float, dict]]) -> str:
+    def _read_summary(self, events: list[tuple[int, float, dict[str, Any]]]) -> str:
         return (
             f"{self.m}: {len(events)} events, seq {events[0][0]}-{events[-1][0]}, received {iso(events[0][1])} to "
             f"{iso(events[-1][1])} (times in rows are the vendor's Unix timestamps)"
@@ -409,10 +448,10 @@ class _Tools:
         body["notes"] = [*notes, note]
         return json_events(body)
 
-    def _empty_text(self, st, r, channel_filter) -> str:
+    def _empty_text(self, st: MarketStream, r: ReadResult, channel_filter: str | None) -> str:
         if not r.head:
             if st.active:
-                return f"{self.m}: no events received yet (state: {_state_text(st.state, '')})."
+                return f"{self.m}: no events received yet (state: {_state_text(st.state)})."
             return (
                 f"{self.m}: no events in memory; the stream is not running. Start it with start_{self.m}_stream; "
                 f"earlier sessions' events are on disk: replay_{self.m}_stream_messages."
@@ -420,7 +459,14 @@ class _Tools:
         what = f" matching '{self._shown(channel_filter, 100)}'" if channel_filter else ""
         return f"{self.m}: no new events{what} (buffer seq {r.oldest}-{r.head})."
 
-    async def replay(self, from_timestamp, to_timestamp, channel_filter, format, limit) -> str:
+    async def replay(
+        self,
+        from_timestamp: str | int | float,
+        to_timestamp: str | int | float | None,
+        channel_filter: str | None,
+        format: str | None,
+        limit: int | None,
+    ) -> str:
         fmt = _format(format)
         limit = _limit(limit, 1000)
         from_ns = parse_time_ns(from_timestamp, "from_timestamp")
@@ -462,7 +508,7 @@ class _Tools:
             if not r.segments_total:
                 # After a failure the note above has told the state already.
                 state = "" if recording.state is RecordingState.FAILED else f" (recording: {recording.describe()})"
-                lines.append(f"{self.m}: no recordings yet in {st.record_dir}{state}.")
+                lines.append(f"{self.m}: no recordings yet in {recording.directory}{state}.")
             else:
                 what = f" matching '{self._shown(channel_filter, 100)}'" if channel_filter else ""
                 lines.append(
@@ -472,7 +518,7 @@ class _Tools:
             return "\n".join(lines)
         return self._replay_csv(r, lines, more)
 
-    def _replay_summary(self, r: ReplayResult, events: list[tuple[int, dict]]) -> str:
+    def _replay_summary(self, r: ReplayResult, events: list[tuple[int, dict[str, Any]]]) -> str:
         return (
             f"{self.m} recorded: {len(events)} events received {iso_ns(events[0][0])} to "
             f"{iso_ns(events[-1][0])} ({r.segments_read} of {r.segments_total} segments read)"
@@ -492,7 +538,7 @@ class _Tools:
                 key=len,
             ),
         ]
-        rows: list[tuple[object, dict]] = [(None, ev) for _, ev in events]
+        rows: list[tuple[object, dict[str, Any]]] = [(None, ev) for _, ev in events]
         body, shown = csv_sections_within(self.market, rows, None, cap - joined_length(around) - 1)
         if shown == len(events):
             return "\n".join([*lines, self._replay_summary(r, events), *body, more or "end of the window."])
@@ -554,7 +600,9 @@ def register_stream_tools(server: MCPServer, manager: StreamManager, settings: S
         _register_market(server, manager, settings, market, redact)
 
 
-def _register_market(server, manager, settings, market: Market, redact) -> None:
+def _register_market(
+    server: MCPServer, manager: StreamManager, settings: Settings, market: Market, redact: Redactor
+) -> None:
     t = _Tools(manager, settings, market)
     m = market.name
     example = f"{market.prefixes[0]}.{market.ticker_example}"

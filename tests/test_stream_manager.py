@@ -191,10 +191,15 @@ async def test_max_connections_waits_the_injected_cooldown_not_an_immediate_retr
         conn = ours.stream("indices").connection
         # Ours sits out its (injected, 0.05 s) cooldown, then takes the slot back; the other, on the product's
         # 60 s cooldown, does not fight back within the test.
-        await until(lambda: sim.ws.connect_count("indices") == 3 and conn.state is ConnectionState.STREAMING)
+        # The other hears its own max_connections a moment after ours streams again: wait for both facts.
+        await until(
+            lambda: sim.ws.connect_count("indices") == 3
+            and conn.state is ConnectionState.STREAMING
+            and other.status("indices").connection.state is ConnectionState.COOLDOWN
+        )
         assert list(conn.retry_delays) == [FAST.cooldown]
         other_conn = other.status("indices").connection
-        assert other_conn.state is ConnectionState.COOLDOWN and other_conn.retry_at - time.time() > 50
+        assert other_conn.retry_at is not None and other_conn.retry_at - time.time() > 50
 
 
 # -- control against a server that does not answer ---------------------------------------------------------------

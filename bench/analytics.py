@@ -1,4 +1,4 @@
-"""7. Analytics: SQL over 1,000,000 recorded trades, Parquet compaction, replay from Parquet, buffer queries.
+"""8. Analytics: SQL over 1,000,000 recorded trades, Parquet compaction, replay from Parquet, buffer queries.
 
 Data: 1M distinct stock trades (the simulator's, 50 symbols, 20 per frame, receive times over one hour) written
 through Recorder.write into its default 8 MB segments, then compacted (finish_pending, as at a restart).
@@ -307,28 +307,28 @@ def run() -> list[Row]:
         flat_bytes = flat.stat().st_size
 
     rows += [
-        Row("7. SQL GROUP BY symbol (count, VWAP), 1M recorded trades (vs flat JSONL + orjson)", "s",
+        Row("8. SQL GROUP BY symbol (count, VWAP), 1M recorded trades (vs flat JSONL + orjson)", "s",
             median(ours_group), base_group[0], target=0.1, target_ratio=10),
-        Row("7. replay from Parquet, all 1M events (vs flat JSONL scan)", "s", full[0], base_full[0], target_ratio=3),
+        Row("8. replay from Parquet, all 1M events (vs flat JSONL scan)", "s", full[0], base_full[0], target_ratio=3),
         Row("   same, JSONL replay (recorder.replay, today's path)", "s", jsonl_full[0], base_full[0]),
-        Row(f"7. replay from Parquet, T.AAPL full scan ({one_got:,} events) (vs flat JSONL)", "s", median(one),
+        Row(f"8. replay from Parquet, T.AAPL full scan ({one_got:,} events) (vs flat JSONL)", "s", median(one),
             base_one[0], target_ratio=3),
         Row("   same, JSONL replay (recorder.replay, today's path)", "s", jsonl_one[0], base_one[0]),
-        Row(f"7. replay from Parquet, 1-min window, first {window_got:,} (vs flat JSONL scan)", "s", median(window),
+        Row(f"8. replay from Parquet, 1-min window, first {window_got:,} (vs flat JSONL scan)", "s", median(window),
             base_window[0], target=0.1),
-        Row("7. disk per 1M recorded trades, Parquet (vs flat JSON lines)", "B", parquet_bytes, flat_bytes,
+        Row("8. disk per 1M recorded trades, Parquet (vs flat JSON lines)", "B", parquet_bytes, flat_bytes,
             target=25 * 2**20),
         Row("   disk per 1M recorded trades, recorder JSONL segments (vs flat JSON lines)", "B", jsonl_bytes,
             flat_bytes),
         Row(f"   compaction, 1M events in {len(results)} segments ({kept_raw} kept as text)", "ev/s",
             EVENTS / compact_s, None, HIGHER),
-        Row("7. ingest (append + record) while compaction runs (vs ingest alone)", "ev/s", median(during),
+        Row("8. ingest (append + record) while compaction runs (vs ingest alone)", "ev/s", median(during),
             ingest_alone, HIGHER, target_ratio=0.9),
-        Row("7. event-loop wakeup lateness while compaction runs, median and p99 (vs loop idle)", "s",
+        Row("8. event-loop wakeup lateness while compaction runs, median and p99 (vs loop idle)", "s",
             median(busy_late), median(idle_late), ours_p99=_p99(busy_late), baseline_p99=_p99(idle_late)),
-        Row("7. SQL over a full 1,000-event buffer, every frame new (vs target)", "s", median(fresh), None,
+        Row("8. SQL over a full 1,000-event buffer, every frame new (vs target)", "s", median(fresh), None,
             target=0.01, ours_p99=max(fresh)),
-        Row("7. SQL over a full 1,000-event buffer, 1-3 frames new (vs target)", "s", median(steady), None,
+        Row("8. SQL over a full 1,000-event buffer, 1-3 frames new (vs target)", "s", median(steady), None,
             target=0.01, ours_p99=max(steady)),
     ]  # fmt: skip
     return rows

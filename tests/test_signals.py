@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx2
 import pytest
 from mcp.client import Client
@@ -99,12 +100,18 @@ async def seen_after_streaming(call: Any) -> int:
 
 
 def recorded_events(data_dir: Path) -> int:
-    """Events in the crypto recording: one line per frame, `<recv ns> <json array of events>`."""
+    """Events in the crypto recording: the open or raw segments (one line per frame, `<recv ns> <json array>`)
+    plus the closed segments already compacted to Parquet (one row per event)."""
+    directory = data_dir / "simulated" / "crypto"
     count = 0
-    for segment in (data_dir / "simulated" / "crypto").glob("*.jsonl"):
+    for segment in directory.glob("*.jsonl"):
         for line in segment.read_text(encoding="utf-8").splitlines():
             _, frame = line.split(" ", 1)
             count += sum(1 for event in json.loads(frame) if event.get("ev") != "status")
+    for compacted in directory.glob("*.parquet"):
+        with duckdb.connect() as db:
+            row = db.execute("SELECT count(*) FROM read_parquet(?)", [str(compacted)]).fetchone()
+        count += row[0] if row else 0
     return count
 
 

@@ -190,10 +190,10 @@ def test_csv_one_section_per_type_readable_columns_and_no_empty_columns():
 
 def test_csv_forex_p_is_the_pair_and_crypto_book_levels():
     lines = csv_sections(MARKETS["forex"], [(1, {"ev": "C", "p": "EUR/USD", "a": 1.1, "b": 1.0, "t": 5})], "seq")
-    assert lines[1:] == ["seq,pair,bid_price,ask_price,timestamp_ms", "1,EUR/USD,1,1.1,5"]
+    assert lines[1:] == ["seq,symbol,bid_price,ask_price,timestamp_ms", "1,EUR/USD,1,1.1,5"]
     book = {"ev": "XL2", "pair": "BTC-USD", "b": [[1.0, 2.0], [0.5, 1.0]], "a": [[3.0, 1.0]], "t": 1}
     assert csv_sections(MARKETS["crypto"], [(None, book)], None)[1:] == [
-        "pair,bids,asks,timestamp_ms",
+        "symbol,bids,asks,timestamp_ms",
         "BTC-USD,1:2|0.5:1,3:1,1",
     ]
 

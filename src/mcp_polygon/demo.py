@@ -100,6 +100,21 @@ async def run_demo(data_dir: str) -> None:
             limit=5,
         )
 
+        out("\n== Answers, not rows: where each symbol is now")
+        await call(client, "get_stream_summary", market="stocks")
+
+        out("\n== Save a REST result as a table, then join it with the live trades in SQL")
+        await call(client, "get_previous_close_agg", ticker="AAPL", store_as="aapl_prev")
+        await call(
+            client,
+            "query_market_data",
+            sql="WITH live AS (SELECT symbol, count(*) AS trades, sum(price * size) / sum(size) AS live_vwap "
+            "FROM stocks_trades GROUP BY symbol) "
+            "SELECT l.symbol, l.trades, round(l.live_vwap, 2) AS live_vwap, p.close AS prev_close, "
+            "round(100 * (l.live_vwap / p.close - 1), 2) AS pct_from_prev_close "
+            "FROM live l JOIN aapl_prev p ON p.ticker = l.symbol",
+        )
+
         out("\n== Clean shutdown")
         await call(client, "stop_stocks_stream")
         await call(client, "stop_crypto_stream")

@@ -32,8 +32,8 @@ Wiring it in (what the recorder and the tools call)
         key order with the same int/float types. From a ReadPlan: channels=plan.channels (pushed down to DuckDB:
         anything with all_events / prefixes / tickers / pairs), match=plan.matches (the exact check on each
         decoded event; None for everything). A segment present both as JSONL and as Parquet (the moment between
-        rename and unlink) must be read as JSONL. The lines kept are those recorder._judged_lines trusts (looked
-        up at call time; please make it public as judged_lines), so both paths hold the same events.
+        rename and unlink) must be read as JSONL. The lines kept are those recorder.judged_lines trusts (looked
+        up at call time), so both paths hold the same events.
 
     QueryEngine(data_dir, *, markets=None, timeout=10.0, memory_mb=1024, threads=2, live: LiveSource | None)
     QueryEngine.from_settings(settings, live)       data_dir, stream_markets, query_timeout, query_memory_mb

@@ -215,7 +215,7 @@ def _lines_in_duckdb(
     """The usual segment, read and judged by DuckDB itself; None when Python must judge it line by line.
 
     When every line's time is digits, inside the segment's named range and above the line before, the recorder's
-    judgment (recorder._judged_lines) trusts every line, so nothing is left to decide in Python. Anything else
+    judgment (recorder.judged_lines) trusts every line, so nothing is left to decide in Python. Anything else
     (a damaged line, a last line cut short, bytes that are not UTF-8) goes through eventsql.split_lines, which
     applies that judgment line by line. The checks here run in DuckDB too: on 8 MB a Python bytes search holds the
     GIL for milliseconds, which the event loop would feel.

@@ -139,8 +139,8 @@ class QueryEngine:
         self._state = {m: _MarketState(tails={}, live={e.ev: _Live() for e in SCHEMAS[m].events}) for m in self.markets}
         self._saved_path = self.data_dir / saved.SAVED_FILE
         self._saved_tables: tuple[str, ...] = ()
-        for market in self.markets:
-            (self.data_dir / market).mkdir(parents=True, exist_ok=True)
+        # Nothing is created on disk here: with recording off (or a data dir that cannot be written) the server
+        # must still start, and the views list a missing directory as empty.
         self._db = duckdb.connect(
             ":memory:",
             config={

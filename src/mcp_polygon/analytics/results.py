@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from mcp_polygon.rest.tables import format_cell
+from mcp_polygon.cells import cell_text as format_cell
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import orjson
 
 from mcp_polygon.analytics.errors import InvalidName
 from mcp_polygon.analytics.eventsql import literal, quote
-from mcp_polygon.rest.tables import format_cell
+from mcp_polygon.cells import cell_text as format_cell
 
 SAVED_FILE = "saved.duckdb"
 NAME_RULE = re.compile(r"[a-z][a-z0-9_]{0,62}")

@@ -87,7 +87,7 @@ _STOCK_AGG = (
 _FMV = (("sym", "symbol"), ("fmv", "fair_market_value"), ("t", "timestamp"))
 
 _FX_AGG = (
-    ("pair", "pair"),
+    ("pair", "symbol"),
     ("o", "open"),
     ("h", "high"),
     ("l", "low"),
@@ -98,7 +98,7 @@ _FX_AGG = (
 )
 
 _CRYPTO_AGG = (
-    ("pair", "pair"),
+    ("pair", "symbol"),
     ("o", "open"),
     ("h", "high"),
     ("l", "low"),
@@ -309,7 +309,7 @@ MARKETS: dict[str, Market] = {
                 "C",
                 "quotes",
                 "p",  # in forex C events `p` is the pair, not a price
-                (("p", "pair"), ("b", "bid_price"), ("a", "ask_price"), ("x", "exchange"), ("t", "timestamp_ms")),
+                (("p", "symbol"), ("b", "bid_price"), ("a", "ask_price"), ("x", "exchange"), ("t", "timestamp_ms")),
             ),
             EventType("CA", "minute aggregates", "pair", _FX_AGG),
             EventType("CAS", "second aggregates", "pair", _FX_AGG),
@@ -323,7 +323,7 @@ MARKETS: dict[str, Market] = {
                 "trades",
                 "pair",
                 (
-                    ("pair", "pair"),
+                    ("pair", "symbol"),
                     ("p", "price"),
                     ("s", "size"),
                     ("x", "exchange"),
@@ -338,7 +338,7 @@ MARKETS: dict[str, Market] = {
                 "quotes",
                 "pair",
                 (
-                    ("pair", "pair"),
+                    ("pair", "symbol"),
                     ("bp", "bid_price"),
                     ("bs", "bid_size"),
                     ("ap", "ask_price"),
@@ -355,7 +355,7 @@ MARKETS: dict[str, Market] = {
                 "level 2 book (deprecated)",
                 "pair",
                 (
-                    ("pair", "pair"),
+                    ("pair", "symbol"),
                     ("b", "bids"),
                     ("a", "asks"),
                     ("x", "exchange"),

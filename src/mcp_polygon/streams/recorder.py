@@ -34,12 +34,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import orjson
 
 from mcp_polygon.streams.formatting import iso
 from mcp_polygon.streams.query import Direction, Event, ReadPlan
+
+if TYPE_CHECKING:
+    from mcp_polygon.analytics.compaction import CompactedSegment
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +55,14 @@ _BISECT_MIN = 64 << 10  # below this many bytes, scan instead of bisecting
 _TAIL = 1 << 16
 _DICT_ONLY = {dict}
 _LOOKAHEAD = 4  # lines read ahead to tell a damaged (too large) time from the real end of a window
-_CORRUPT = -1  # the stamp _judged_lines gives a line it rejects
+_CORRUPT = -1  # the stamp judged_lines gives a line it rejects
 
 _END_OF_TIME = 2**63 - 1  # the largest stamp a recording can hold (an int64 of ns)
 
 Opener = Callable[[Path], BinaryIO]
 Clock = Callable[[], float]
+# Told each closed segment's path (on the loop thread; it must return at once): the columnar compaction queue.
+SegmentSink = Callable[[Path], None]
 
 
 def open_for_append(path: Path) -> BinaryIO:
@@ -121,6 +126,14 @@ class Segment:
     @property
     def closed(self) -> bool:
         return self.last_ns is not None
+
+
+def list_parquet(directory: Path) -> list[CompactedSegment]:
+    """The compacted (Parquet) segments in `directory`, oldest first: analytics.compaction's listing."""
+    # Imported here: the analytics package imports this module, so a module-level import would be circular.
+    from mcp_polygon.analytics.compaction import list_compacted
+
+    return list_compacted(directory)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -225,6 +238,7 @@ class Recorder:
         retry_interval: float = DEFAULT_RETRY_INTERVAL,
         opener: Opener = open_for_append,
         clock: Clock = time.time,
+        on_closed: SegmentSink | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
@@ -233,6 +247,7 @@ class Recorder:
         self.retry_interval = retry_interval
         self.opener = opener
         self.clock = clock
+        self.on_closed = on_closed
         self._file: BinaryIO | None = None
         self._path: Path | None = None
         self._first_ns = 0
@@ -309,9 +324,13 @@ class Recorder:
         _finalize_orphans(self.directory)
         self._enforce_retention()
         segs = list_segments(self.directory)
-        if segs:  # stamps continue after everything already recorded, even across restarts
-            self._next_ns = max(self._next_ns, max(s.last_ns or s.first_ns for s in segs) + 1)
+        spans = [s.last_ns or s.first_ns for s in segs] + [c.last_ns for c in list_parquet(self.directory)]
+        if spans:  # stamps continue after everything already recorded, even across restarts
+            self._next_ns = max(self._next_ns, max(spans) + 1)
         self._prepared = True
+        for seg in segs:  # closed segments a previous run left uncompacted (or a crash left half-compacted)
+            if seg.closed:
+                self._closed(seg.path)
 
     def _open(self, first_ns: int) -> BinaryIO:
         path = self.directory / f"{first_ns:020d}-open-{os.getpid()}.jsonl"
@@ -324,10 +343,17 @@ class Recorder:
 
     # -- the hot path ------------------------------------------------------------------------------------------
 
-    def write(self, raw: bytes, count: int, recv_ns: int) -> None:
-        """Record one frame (raw: JSON array of `count` data events, no newline) received at recv_ns."""
+    def write(self, raw: bytes, count: int, recv_ns: int) -> int:
+        """Record one frame (raw: JSON array of `count` data events, no newline) received at recv_ns; returns the
+        stamp it has on disk (recv_ns, moved forward when not after the previous frame's last event).
+
+        The stamp is given even while recording is FAILED, from the same counter, so the buffer's stamps and the
+        disk's never disagree: the query engine tells a buffered frame from a recorded one by its exact stamp."""
         if self._failure is not None:
-            return
+            if recv_ns < self._next_ns:
+                recv_ns = self._next_ns
+            self._next_ns = recv_ns + count
+            return recv_ns
         try:
             if not self._prepared:
                 self._prepare()
@@ -342,7 +368,7 @@ class Recorder:
             f.write(b"\n")
         except OSError as exc:
             self._fail(exc)
-            return
+            return recv_ns
         self._last_ns = recv_ns + count - 1
         n = len(raw) + 22
         self._size += n
@@ -354,6 +380,7 @@ class Recorder:
         elif recv_ns - self._last_flush >= self._flush_ns:  # a busy feed flushes itself; tick() covers quiet ones
             self._last_flush = recv_ns
             self.flush()
+        return recv_ns
 
     def flush(self) -> None:
         if self._file is not None:
@@ -378,28 +405,43 @@ class Recorder:
         try:
             if self._size == 0:
                 path.unlink()
-            else:
-                path.rename(path.with_name(f"{self._first_ns:020d}-{self._last_ns:020d}-{os.getpid()}.jsonl"))
+                return
+            closed = path.with_name(f"{self._first_ns:020d}-{self._last_ns:020d}-{os.getpid()}.jsonl")
+            path.rename(closed)
         except OSError as exc:
             self._fail(exc)
+            return
+        self._closed(closed)
+
+    def _closed(self, path: Path) -> None:
+        """Hand a closed segment to the compaction queue; a failing queue must not stop the recording."""
+        if self.on_closed is None:
+            return
+        try:
+            self.on_closed(path)
+        except Exception:
+            log.exception("queueing %s for compaction failed; it stays JSONL (still replayed and queried)", path)
 
     def _rotate(self) -> None:
         self._close_segment()
         self._enforce_retention()
 
     def _enforce_retention(self) -> None:
-        segs = list_segments(self.directory)
-        total = sum(s.size for s in segs) + (self._size if self._file is not None else 0)
-        for seg in segs:
+        """Delete the oldest closed segments, JSONL or Parquet, while everything on disk exceeds max_bytes."""
+        files = [(s.first_ns, s.path, s.size, s.closed) for s in list_segments(self.directory)]
+        files += [(c.first_ns, c.path, c.size, True) for c in list_parquet(self.directory)]
+        files.sort(key=lambda f: (f[0], f[1].name))
+        total = sum(f[2] for f in files) + (self._size if self._file is not None else 0)
+        for _first, path, size, closed in files:
             if total <= self.max_bytes:
                 break
-            if not seg.closed:
+            if not closed:
                 continue
             try:
-                seg.path.unlink()
+                path.unlink()
             except OSError:
                 continue
-            total -= seg.size
+            total -= size
             self.segments_deleted += 1
 
     def close(self) -> None:
@@ -503,7 +545,7 @@ def _above_most_of(ns: int, floor: int, ahead: Iterable[tuple[int | None, bytes]
     return 2 * sum(1 for s in later if s <= ns) > len(later)
 
 
-def _judged_lines(lines: Iterable[bytes], low: int, high: int | None) -> Iterator[tuple[int, bytes]]:
+def judged_lines(lines: Iterable[bytes], low: int, high: int | None) -> Iterator[tuple[int, bytes]]:
     """(time, JSON) of each complete line in file order; time is _CORRUPT for a line that cannot be trusted.
 
     A line is corrupt when its time is missing, outside the segment's named range [low, high], not above the
@@ -549,12 +591,17 @@ def replay(directory: Path, plan: ReadPlan) -> ReplayResult:
     to_ns = _END_OF_TIME if plan.to_ns is None else plan.to_ns
     limit = plan.limit
     segs = list_segments(Path(directory))
-    spans: list[tuple[int, int, Segment]] = []
+    spans: list[tuple[int, int, Segment | CompactedSegment]] = []
     for seg in segs:
         last = seg.last_ns if seg.closed else _last_line_ns(seg.path, seg.size)
         if last is None:
             continue
         spans.append((seg.first_ns, last, seg))
+    # A segment present as both (between the Parquet's rename and the JSONL's unlink) is read as JSONL.
+    raw_keys = {(s.first_ns, s.last_ns, s.pid) for s in segs if s.closed}
+    for cseg in list_parquet(Path(directory)):
+        if (cseg.first_ns, cseg.last_ns, cseg.pid) not in raw_keys:
+            spans.append((cseg.first_ns, cseg.last_ns, cseg))
     rec_from = min((s[0] for s in spans), default=None)
     rec_to = max((s[1] for s in spans), default=None)
     chosen = [s for s in spans if s[0] <= to_ns and s[1] >= from_ns]
@@ -564,11 +611,15 @@ def replay(directory: Path, plan: ReadPlan) -> ReplayResult:
     more = False
     read = 0
     corrupt = 0
-    for _first, _last, seg in chosen:
+    for _first, _last, part in chosen:
         if len(out) >= limit and not overlapping:
             more = True
             break
-        got = _replay_segment(seg, from_ns, to_ns, plan)
+        got = (
+            _replay_segment(part, from_ns, to_ns, plan)
+            if isinstance(part, Segment)
+            else _replay_parquet(part.path, from_ns, to_ns, plan)
+        )
         read += 1
         out.extend(got.events)
         more = more or got.more
@@ -592,13 +643,17 @@ def _replay_segment(seg: Segment, from_ns: int, to_ns: int, plan: ReadPlan) -> _
     try:
         f = open(seg.path, "rb")
     except OSError:
+        # Compacted since it was listed: its Parquet holds the same events.
+        parquet = seg.path.with_suffix(".parquet")
+        if seg.closed and parquet.exists():
+            return _replay_parquet(parquet, from_ns, to_ns, plan)
         return _SegmentReplay(out, False, 0)
     with f:
         size = seg.size if seg.closed else os.fstat(f.fileno()).st_size
         if seg.first_ns < from_ns and size > _BISECT_MIN:
             f.seek(_seek_line_before(f, size, from_ns))
         # The name's last time bounds a closed segment; an open one may still be growing past its tail.
-        lines = _judged_lines(f, seg.first_ns, seg.last_ns)
+        lines = judged_lines(f, seg.first_ns, seg.last_ns)
         for ns, raw in lines:
             if ns == _CORRUPT:
                 unplaced += 1
@@ -628,6 +683,22 @@ def _replay_segment(seg: Segment, from_ns: int, to_ns: int, plan: ReadPlan) -> _
                 return _SegmentReplay(out, len(hits) > room or _next_good_in_window(lines, to_ns), corrupt)
             out += hits
     return _SegmentReplay(out, False, corrupt + unplaced)
+
+
+def _replay_parquet(path: Path, from_ns: int, to_ns: int, plan: ReadPlan) -> _SegmentReplay:
+    """One compacted segment's part of a page: the same (ns, event) pairs a JSONL replay gives (compaction keeps
+    exactly the lines judged_lines trusts, so it has no corrupt lines left to count)."""
+    from mcp_polygon.analytics.compaction import CompactionError, replay_compacted  # (circular at module level)
+
+    channels = plan.channels
+    try:
+        got = replay_compacted(
+            path, from_ns, to_ns, limit=plan.limit, channels=channels,
+            match=None if channels.all_events else plan.matches,
+        )  # fmt: skip
+    except CompactionError:  # deleted by retention since it was listed, or not ours: nothing to give
+        return _SegmentReplay([], False, 0)
+    return _SegmentReplay(cast(list[tuple[int, Event]], got.events), got.more, 0)
 
 
 def _line_events(raw: bytes) -> list[Event] | None:

@@ -19,7 +19,7 @@ from bench.report import Row, render
 
 # Each section is a module `bench.<name>` with run() -> list[Row] (or a coroutine of it). Imported when it runs, so
 # code under test that does not import (being edited) costs the sections that need it, not the whole run.
-SECTIONS = ("ingest", "reads", "replay", "memory", "reconnect", "latency")
+SECTIONS = ("ingest", "reads", "replay", "memory", "reconnect", "latency", "sharedfeed", "analytics")
 
 LEGEND = """\
 ratio = how many times better ours is than the baseline (> 1 better; for times and memory: baseline / ours).
@@ -30,6 +30,7 @@ Baselines: 1 massive.WebSocketClient counting events in its handler, same fireho
            4 the same 100k events as a list of dicts / as massive's model objects (tracemalloc);
            5 massive.WebSocketClient, first handler call after the drop;
            6 massive.WebSocketClient, handler call time minus sim_ns.
+           7 the embedded default's least cost: the same frames appended to an in-memory list.
 The simulator runs in its own process, pinned to its own CPU when there are two or more."""
 
 

@@ -193,9 +193,11 @@ async def test_max_connections_waits_the_injected_cooldown_not_an_immediate_retr
         # 60 s cooldown, does not fight back within the test.
         # The other hears its own max_connections a moment after ours streams again: wait for both facts.
         await until(
-            lambda: sim.ws.connect_count("indices") == 3
-            and conn.state is ConnectionState.STREAMING
-            and other.status("indices").connection.state is ConnectionState.COOLDOWN
+            lambda: (
+                sim.ws.connect_count("indices") == 3
+                and conn.state is ConnectionState.STREAMING
+                and other.status("indices").connection.state is ConnectionState.COOLDOWN
+            )
         )
         assert list(conn.retry_delays) == [FAST.cooldown]
         other_conn = other.status("indices").connection

@@ -60,6 +60,9 @@ class StoredFrame(NamedTuple):
     last: int  # seq of its last event
     time: float  # receive time, Unix seconds
     raw: bytes  # the JSON array of its data events
+    # Its exact stamp, Unix ns: the recorder's when it records (strictly increasing, event k at recv_ns + k), so the
+    # query engine can tell a buffered frame already on disk from one not yet written.
+    recv_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +231,7 @@ class _Window:
 class MessageBuffer:
     """Ring buffer of `capacity` events, stored frame by frame."""
 
-    __slots__ = ("_frames", "_last_time", "_start", "cache", "capacity", "head")
+    __slots__ = ("_frames", "_last_time", "_next_ns", "_start", "cache", "capacity", "head")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -238,21 +241,29 @@ class MessageBuffer:
         self._start = 0
         self.head = 0
         self._last_time = 0.0
+        self._next_ns = 0  # the next stamp is at least this (the recorder's rule: after the last frame's last event)
         # A quarter of the ring, in events: a decoded event takes ~1 KB, a raw one ~0.15 KB, so raw + cache stays
         # under ~0.45 MB per 1,000 buffered events; the cache is empty until something reads.
         self.cache = DecodeCache(capacity // 4)
 
     # -- writing -------------------------------------------------------------------------------------------
 
-    def append(self, raw: bytes, count: int, recv_time: float) -> int:
-        """Add one frame of `count` events (raw = its JSON array). Returns the seq of its first event."""
+    def append(self, raw: bytes, count: int, recv_time: float, recv_ns: int | None = None) -> int:
+        """Add one frame of `count` events (raw = its JSON array). Returns the seq of its first event.
+
+        recv_ns is the frame's stamp (the recorder's, when it records); without one it comes from recv_time. Stamps
+        are kept strictly increasing the way the recorder keeps them, which leaves the recorder's unchanged."""
         if recv_time < self._last_time:  # the wall clock stepped back: keep receive times monotonic
             recv_time = self._last_time
         self._last_time = recv_time
+        ns = int(recv_time * 1e9) if recv_ns is None else recv_ns
+        if ns < self._next_ns:
+            ns = self._next_ns
+        self._next_ns = ns + count
         first = self.head + 1
         self.head = last = self.head + count
         frames = self._frames
-        frames.append(StoredFrame(first, last, recv_time, raw))
+        frames.append(StoredFrame(first, last, recv_time, raw, ns))
         oldest = last - self.capacity + 1
         i = self._start
         if frames[i].last < oldest:
@@ -264,20 +275,38 @@ class MessageBuffer:
             self._start = i
         return first
 
+    def append_at(self, raw: bytes, count: int, recv_time: float, first_seq: int) -> bool:
+        """Add one frame whose first event has seq `first_seq`, numbered elsewhere (the shared feed). Seqs skipped
+        between the head and `first_seq` never arrive: reads report them in `gap`. A frame that starts at or before
+        the head (already held) is ignored; returns whether the frame was added."""
+        if first_seq <= self.head:
+            return False
+        self.head = first_seq - 1
+        self.append(raw, count, recv_time)
+        return True
+
     # -- state ---------------------------------------------------------------------------------------------
 
     @property
     def oldest(self) -> int:
         """The oldest seq still readable (head + 1 when empty)."""
-        return max(1, self.head - self.capacity + 1) if self.head else 1
+        if not self.head:
+            return 1
+        # After a jump (append_at) the ring may hold fewer than `capacity` seqs: the oldest frame held bounds it.
+        return max(1, self.head - self.capacity + 1, self._frames[self._start].first)
 
     def __len__(self) -> int:
-        return min(self.head, self.capacity)
+        """The seqs the ring spans: its events, plus any the shared feed skipped between them (append_at)."""
+        return self.head - self.oldest + 1 if self.head else 0
 
     @property
     def overwritten(self) -> int:
         """Events pushed out of the ring since the process started."""
         return max(0, self.head - self.capacity)
+
+    def stamped_frames(self) -> list[StoredFrame]:
+        """Every frame still in the ring, oldest first (a copy of references: for the query engine's live part)."""
+        return self._frames[self._start :]
 
     def drop_cache(self) -> None:
         self.cache.clear()
@@ -307,6 +336,10 @@ class MessageBuffer:
             gap = max(0, oldest - since - 1)
             lower = max(lower, since + 1)
         lo = max(start, bisect_right(frames, lower, lo=start, key=_first_seq) - 1)
+        if since is not None and lo + 1 < len(frames) and frames[lo].last < lower:
+            # `lower` fell between two frames: seqs the shared feed skipped (never in this ring) are a gap too.
+            gap += frames[lo + 1].first - lower
+            lo += 1
         hi, end_seq = len(frames), head
         if plan.from_ns is not None:
             ti = bisect_left(frames, plan.from_ns / 1e9, lo=start, key=_recv_time)

@@ -23,12 +23,13 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from mcp_polygon.config import Settings
 from mcp_polygon.redaction import Redactor
 from mcp_polygon.streams import recorder as rec
-from mcp_polygon.streams.buffer import MessageBuffer, ReadResult
+from mcp_polygon.streams.buffer import MessageBuffer, ReadResult, StoredFrame
 from mcp_polygon.streams.connection import (
     NEVER_STARTED,
     Connection,
@@ -41,6 +42,9 @@ from mcp_polygon.streams.formatting import clip
 from mcp_polygon.streams.markets import MARKETS, ChannelError, Market, check_limits, normalize_channels
 from mcp_polygon.streams.protocol import AuthState, EventCounts, Frame, ProtocolSession, TopicStatus
 from mcp_polygon.streams.query import ChannelFilter, Direction, parse_filter, read_plan
+
+if TYPE_CHECKING:
+    from mcp_polygon.streams.shared import SharedStreams
 
 log = logging.getLogger(__name__)
 
@@ -415,10 +419,10 @@ class MarketStream:
         if raw is None or counts is None:  # no data events (the connection hands on only frames with some)
             return
         t = recv_ns / 1e9
-        self.buffer.append(raw, frame.count, t)
         recorder = self.recorder
-        if recorder is not None:
-            recorder.write(raw, frame.count, recv_ns)
+        # The buffer keeps the recorder's exact stamp: SQL counts a buffered frame only when it is not on disk yet.
+        stamp = recv_ns if recorder is None else recorder.write(raw, frame.count, recv_ns)
+        self.buffer.append(raw, frame.count, t, stamp)
         self.stats.add(counts, frame.count, t)
 
     def feed(self, data: bytes | str, recv_ns: int | None = None) -> Frame:
@@ -583,6 +587,15 @@ class StreamManager:
         # The product's values unless a test or a benchmark passes shorter ones.
         self.connection_options = connection if connection is not None else ConnectionOptions()
         self.waits = waits if waits is not None else ControlWaits()
+        # Told every segment a recorder closes (the app sets it to its Parquet compaction queue); None: none.
+        self.on_segment_closed: rec.SegmentSink | None = None
+        # POLYGON_REDIS_URL: one upstream socket per market for every process (streams/shared.py); the stream tools
+        # hand control to it. Unset (the embedded default): nothing of it, not even the redis import, is loaded.
+        self.shared: SharedStreams | None = None
+        if settings.redis_url:
+            from mcp_polygon.streams.shared import SharedStreams
+
+            self.shared = SharedStreams(self)
 
     # -- access ------------------------------------------------------------------------------------------------
 
@@ -596,7 +609,15 @@ class StreamManager:
             if market not in MARKETS:
                 raise StreamError(f"unknown market '{market}'; valid: {', '.join(MARKETS)}.")
             s = self._streams[market] = MarketStream(MARKETS[market], self.settings, self.redact)
+            if s.recorder is not None:
+                s.recorder.on_closed = self.on_segment_closed
         return s
+
+    def buffered_frames(self, market: str) -> list[StoredFrame]:
+        """The market's buffered frames with their exact stamps, oldest first ([] before its stream exists): what
+        the SQL views take as the part not on disk yet. On the loop thread: the buffer is not thread-safe."""
+        s = self._streams.get(market)
+        return [] if s is None else s.buffer.stamped_frames()
 
     def _masked_input(self, channels: ChannelList) -> str | list[str]:
         """The agent's channel names with the key masked, before they are validated: a refusal quotes a bad name cut
@@ -764,6 +785,8 @@ class StreamManager:
     async def aclose(self) -> None:
         """Stop every stream and close recordings. Safe from any task and more than once."""
         self._closed = True
+        if self.shared is not None:
+            await self.shared.aclose()  # withdraws this process's wants, hands the sockets it owns to others
         streams = list(self._streams.values())
         conns = [s.connection for s in streams if s.connection is not None]
         if conns:

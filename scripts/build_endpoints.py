@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import spec_derived  # noqa: E402
 from mcp_polygon.rest.endpoints import FILTER_SUFFIXES, all_vendor_paths  # noqa: E402
 
-MAX_DESCRIPTION = 160
+MAX_DESCRIPTION = 160  # one_line's cut
+MAX_PARAM_DESCRIPTION = 50  # a parameter's: longer vendor prose is cut at a clause boundary
 
 # Range and set filters all carry near-identical vendor prose; one fixed phrase per suffix is clearer and cheaper.
 _FILTER_PHRASES = {
@@ -35,8 +36,8 @@ _FILTER_PHRASES = {
     "lt": "Filter: {base} < value.",
     "lte": "Filter: {base} <= value.",
     "any_of": "Filter: {base} is any of these comma-separated values.",
-    "all_of": "Filter: {base} contains all of these comma-separated values.",
-    "search": "Filter: {base} matches this search text.",
+    "all_of": "Has all of these comma-separated {base}.",
+    "search": "Search text for {base}.",
 }
 
 
@@ -51,6 +52,47 @@ def one_line(text: str) -> str:
     if len(first) > MAX_DESCRIPTION:
         first = first[: MAX_DESCRIPTION - 1].rsplit(" ", 1)[0] + "…"
     return first
+
+
+# Phrases that say what the server instructions say once for every tool (dates are YYYY-MM-DD, times ISO 8601).
+_FORMAT_PHRASES = (
+    re.compile(r"\s*\((?:formatted as )?(?:an )?(?:YYYY[-‑]MM[-‑]DD|ISO 8601 timestamp)\)"),
+    re.compile(r",?\s+(?:with (?:the )?(?:date )?format|in the format|in) YYYY-MM-DD(?: format)?"),
+)
+_LEAD_INS = re.compile(r"^(?:Query by|Query for|Filter by|Specify)\s+(?:(?:a|an|the)\s+)?")
+_ARTICLE = re.compile(r"^(?:The|A|An)\s+")
+# Words that carry no meaning of their own in a parameter description.
+_FILLER = frozenset(
+    "a an the of by for to with on in at as from or and is are was were be which when that this its it query filter "
+    "specify search".split()
+)
+MIN_NEW_WORDS = 3  # a description must add this many words to the parameter's name to be worth its bytes
+
+
+def _words(text: str) -> set[str]:
+    return {w.rstrip("s") for w in re.split(r"[^a-z0-9]+", text.lower()) if w}
+
+
+def concise(name: str, text: str) -> str:
+    """A vendor description without boilerplate; "" when it says little beyond the parameter's name."""
+    for phrase in _FORMAT_PHRASES:
+        text = phrase.sub("", text)
+    text = _ARTICLE.sub("", _LEAD_INS.sub("", text))
+    text = text[:1].upper() + text[1:]
+    if len(_words(text) - _FILLER - _words(name)) < MIN_NEW_WORDS:
+        return ""
+    return _clause(text)
+
+
+def _clause(text: str) -> str:
+    """Text of at most MAX_PARAM_DESCRIPTION characters: cut before a clause (`, ` or ` (`), else at a word."""
+    if len(text) <= MAX_PARAM_DESCRIPTION or "`" in text:  # backticks quote the values it takes: keep them all
+        return text
+    head = text[: MAX_PARAM_DESCRIPTION + 1]
+    cut = head.rfind(", ") if head.rfind(", ") >= MAX_PARAM_DESCRIPTION // 3 else head.rfind(" (")
+    if cut >= MAX_PARAM_DESCRIPTION // 3:
+        return head[:cut] + "."
+    return head.rsplit(" ", 1)[0].rstrip(",;:") + "…"
 
 
 def _resolve(param: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +121,7 @@ def _param(raw: dict[str, Any]) -> dict[str, Any]:
     if base and suffix in FILTER_SUFFIXES:
         description = _FILTER_PHRASES[suffix].format(base=base)
     else:
-        description = one_line(raw.get("description", ""))
+        description = concise(name, one_line(raw.get("description", "")))
     out: dict[str, Any] = {"name": name, "in": raw["in"], "type": _type_of(schema)}
     if raw.get("required"):
         out["required"] = True

@@ -12,8 +12,8 @@ def test_readme_catalogue_matches_registered_tools():
     assert splice(README, render()) == README, "README catalogue is stale: run `make catalogue`"
 
 
-def test_catalogue_lists_all_129_tools():
-    assert render().startswith("129 tools in all.")
+def test_catalogue_lists_all_131_tools():
+    assert render().startswith("131 tools in all.")
 
 
 def test_readme_documents_every_environment_variable():

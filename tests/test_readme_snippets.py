@@ -41,7 +41,7 @@ def shell_line(pattern: str) -> list[str]:
 
 async def check_simulated_session(client: Client) -> None:
     tools = (await client.list_tools()).tools
-    assert len(tools) == 129
+    assert len(tools) == 131  # 81 REST + 48 streaming + SQL and summaries
     assert "SIMULATOR" in (client.instructions or "")
     result = await client.call_tool("get_market_status", {})
     assert not result.is_error, text_of(result)

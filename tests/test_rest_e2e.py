@@ -2,7 +2,8 @@
 
 Expected rows come from the vendor examples the simulator serves (simulator/data/rest_examples.json), read here
 with a small independent reading of the documented CSV contract (nested keys joined by '_', lists of scalars
-joined by '|', lists of objects as JSON).
+joined by '|', lists of objects as JSON), under the readable names and ISO times of rest/columns.py (whose
+mapping tests/test_rest_columns.py checks against the vendor spec).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -23,6 +25,7 @@ from mcp.client import Client
 
 from conftest import mcp_session, text_of
 from mcp_polygon.config import Settings
+from mcp_polygon.rest.columns import view_for
 from mcp_polygon.rest.endpoints import PATH_ARG_NAMES, Endpoint, load_endpoints
 from mcp_polygon.rest.errors import NO_KEY
 from mcp_polygon.rest.tools import SIMULATED_HEADER
@@ -118,6 +121,12 @@ def same(cell: str, value: Any) -> bool:
     return cell == str(value)
 
 
+def unix_ms(text: str) -> int:
+    """A bar's ISO time ('2024-01-02' for daily bars, '2024-01-02T14:30:00Z' finer) as Unix milliseconds."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
 async def call(client: Client, name: str, args: dict[str, Any]) -> tuple[bool, str]:
     result = await client.call_tool(name, args)
     return bool(result.is_error), text_of(result)
@@ -149,14 +158,16 @@ async def test_every_tool_returns_the_fixture_rows(client: Client, sim: Simulato
             continue
         if name in GENERATED_BARS:
             bars = rows
-            ok = all(float(b["l"]) <= float(b["o"]) <= float(b["h"]) for b in bars) and len(bars) == 20
+            ok = all(float(b["low"]) <= float(b["open"]) <= float(b["high"]) for b in bars) and len(bars) == 20
             if not ok:
                 problems.append(f"{name}: bad generated bars {bars[:2]}")
             continue
         expected = first_fixture_row(EXAMPLES[ep.path]["body"])
-        for column, value in leaves(expected):
-            if column in args:
+        view = view_for(ep.path, args)
+        for vendor_column, vendor_value in leaves(expected):
+            if vendor_column in args:
                 continue  # filters the simulator applied on purpose
+            column, value = view.name(vendor_column), view.value(vendor_column, vendor_value)
             if column not in rows[0] or not same(rows[0][column], value):
                 problems.append(f"{name}: {column}={rows[0].get(column)!r}, fixture {value!r}")
         assert not {"request_id", "next_url"} & set(rows[0]), name
@@ -201,10 +212,10 @@ async def test_aggs_next_page_moves_from_and_continues_the_bars(client: Client):
         if not hint:
             break
         args = {k: json.loads(v) for k, v in re.findall(r'(\w+)=("[^"]*"|\d+)', hint.group(1))}
-        # The vendor moves `from` to the next bar and carries limit/sort in the cursor.
-        assert args["from_"] == bars[-1]["t"] or int(args["from_"]) > int(bars[-1]["t"])
+        # The vendor moves `from` to the next bar (in Unix ms) and carries limit/sort in the cursor.
+        assert int(args["from_"]) > unix_ms(bars[-1]["window_start"])
         assert args["to"] == "2024-03-31" and "cursor" in args
-    times = [int(b["t"]) for b in bars]
+    times = [unix_ms(b["window_start"]) for b in bars]
     assert len(bars) == 65 and times == sorted(times) and len(set(times)) == 65
 
 
@@ -213,7 +224,7 @@ async def test_list_aggs_walks_pages_up_to_max_rows(client: Client, sim: Simulat
     is_error, text = await call(client, "list_aggs", {**args, "max_rows": 300})
     assert not is_error
     bars = csv_rows(text)
-    times = [int(b["t"]) for b in bars]
+    times = [unix_ms(b["window_start"]) for b in bars]
     assert len(bars) == 300 and times == sorted(times) and len(set(times)) == 300
     assert len(sim.rest.requests) == 5  # 300 base aggregates per page = 60 five-minute bars
     assert text.splitlines()[-1].startswith("# next page: call list_aggs with ")
@@ -236,7 +247,7 @@ async def test_snapshot_market_type_follows_the_ticker_prefix(client: Client, si
 
 
 async def test_universal_snapshot_shows_per_ticker_errors(client: Client):
-    is_error, text = await call(client, "list_universal_snapshots", {"ticker_any_of": "AAPL,I:NOTFOUND,X:BTCUSD"})
+    is_error, text = await call(client, "list_universal_snapshots", {"ticker": "AAPL,I:NOTFOUND,X:BTCUSD"})
     assert not is_error
     rows = {row["ticker"]: row for row in csv_rows(text)}
     assert rows["I:NOTFOUND"]["error"] == "NOT_FOUND" and rows["I:NOTFOUND"]["message"] == "Ticker not found."

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_polygon.rest.endpoints import PATH_ARG_NAMES, Endpoint, load_endpoints
+from mcp_polygon.rest.endpoints import INDICATOR_DEFAULTS, PATH_ARG_NAMES, TOOLS, Endpoint, load_endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = json.loads((ROOT / "specs" / "massive_rest_openapi.json").read_text())
@@ -134,7 +134,7 @@ def test_every_path_exists_and_every_parameter_is_declared(ep: Endpoint):
     for market, path in markets_of(ep).items():
         assert "get" in SPEC["paths"].get(path, {}), f"{ep.name}: {path} is not a GET path of the spec"
         declared = spec_params(path)
-        sendable = {a.wire for a in ep.args if a.where == "query" and (a.markets is None or market in a.markets)}
+        sendable = {w for a in ep.args if a.markets is None or market in a.markets for w in a.wires()}
         sendable |= set(ep.fixed)
         undeclared = {name for name in sendable if name not in declared or declared[name]["in"] != "query"}
         assert not undeclared, f"{ep.name} ({path}) may send undeclared query parameters {sorted(undeclared)}"
@@ -171,12 +171,28 @@ def test_cursor_only_where_the_vendor_pages_with_next_url(ep: Endpoint):
     assert has_cursor == ep.paginated
 
 
-def test_range_filters_become_underscore_arguments():
+def test_range_variants_fold_into_one_argument_per_field():
     trades = next(e for e in ENDPOINTS if e.name == "list_trades")
-    wires = {a.name: a.wire for a in trades.args}
-    assert wires["timestamp_gte"] == "timestamp.gte"
+    timestamp = trades.arg("timestamp")
+    assert timestamp.wires() == ("timestamp", "timestamp.gt", "timestamp.gte", "timestamp.lt", "timestamp.lte")
+    assert not any(a.name.startswith("timestamp_") for a in trades.args)
     news = next(e for e in ENDPOINTS if e.name == "list_benzinga_news")
-    assert {a.name: a.wire for a in news.args}["tickers_any_of"] == "tickers.any_of"
+    assert set(news.arg("tickers").wires()) >= {"tickers", "tickers.any_of"}
+    assert news.arg("tickers_all_of").wires() == ("tickers.all_of",)  # all_of and search keep their own argument
+
+
+@pytest.mark.parametrize("ep", ENDPOINTS, ids=lambda e: e.name)
+def test_every_vendor_query_parameter_is_still_reachable(ep: Endpoint):
+    """Folding four range parameters into one argument must not lose any: each is sent by some argument."""
+    only = {e.name: t.only for e, t in zip(ENDPOINTS, TOOLS, strict=True)}[ep.name]
+    for market, path in markets_of(ep).items():
+        sendable = {w for a in ep.args if a.markets is None or market in a.markets for w in a.wires()}
+        wanted = {
+            name
+            for name, raw in spec_params(path).items()
+            if raw["in"] == "query" and name not in ep.fixed and (only is None or name in only)
+        }
+        assert wanted <= sendable, f"{ep.name} ({path}) cannot send {sorted(wanted - sendable)}"
 
 
 def test_limits_default_small():
@@ -203,3 +219,23 @@ def _load_script(name: str):
 def test_generated_files_are_up_to_date(script: str, generated: str):
     fresh = _load_script(script).generate()
     assert (ROOT / generated).read_text(encoding="utf-8") == fresh, f"rerun scripts/{script}.py"
+
+
+def test_indicator_defaults_said_in_the_instructions_match_the_spec():
+    """The schemas leave the indicators' defaults to the server instructions, so those must stay the vendor's."""
+    from mcp_polygon.server import INSTRUCTIONS
+
+    said = " ".join(INSTRUCTIONS.split())
+    for ep in ENDPOINTS:
+        if "/v1/indicators/" not in ep.path:
+            continue
+        declared = spec_params(ep.path)
+        for arg in ep.args:
+            if arg.name not in INDICATOR_DEFAULTS:
+                continue
+            assert arg.shared and arg.implied_default == declared[arg.wire]["schema"].get("default"), (ep.name, arg)
+            stated = INDICATOR_DEFAULTS[arg.name]
+            expected = {"window": 14 if "/rsi/" in ep.path else 50}.get(arg.name, stated)
+            assert arg.implied_default == expected, (ep.name, arg.name)
+            assert arg.name in said
+    assert "(default day)" in said and "window (default 50, rsi 14)" in said and "(close)" in said

@@ -304,3 +304,34 @@ def test_only_rows_that_can_be_shown_are_flattened(monkeypatch: pytest.MonkeyPat
     calls.clear()
     out = render(sections, max_chars=2_000)
     assert out.dropped_by_size == 20_000 - out.shown and len(calls) <= out.shown + 3  # header not estimated
+
+
+# ---- readable columns ------------------------------------------------------------------------------------------
+
+
+def test_every_section_reads_through_the_view():
+    """An order book: the summary row and each side's levels, renamed and with ISO times."""
+    from mcp_polygon.rest.columns import view_for
+
+    body = {"data": {"ticker": "X:BTCUSD", "updated": 1605295074162, "asks": [{"p": 11454, "x": {"2": 1}}]}}
+    view = view_for("/v2/snapshot/locale/global/markets/crypto/tickers/{ticker}/book")
+    text = render(extract_sections(body, view), max_chars=10_000).text
+    assert text.splitlines() == [
+        "ticker,updated",
+        "X:BTCUSD,2020-11-13T19:17:54.162Z",
+        "# asks",
+        "price,size_by_exchange_2",
+        "11454,1",
+    ]
+
+
+def test_the_size_cap_counts_the_readable_text():
+    """ISO times are longer than the epoch numbers they replace: the cap must hold for the text written."""
+    from mcp_polygon.rest.columns import view_for
+
+    view = view_for("/v3/trades/{stockTicker}")
+    items = [{"price": 1.5, "sip_timestamp": 1517562000016036600 + i} for i in range(200)]
+    rendered = render([Section(None, items, view)], max_chars=1_000, footer=["# next page: call x"])
+    assert len(rendered.text) <= 1_000 and rendered.text.endswith("# next page: call x")
+    assert "2018-02-02T09:00:00.0160366Z" in rendered.text and "# truncated:" in rendered.text
+    assert rendered.shown + rendered.dropped_by_size == 200

@@ -4,14 +4,24 @@ real MCP client."""
 import asyncio
 import time
 
-from mcp_polygon.config import ALL_TOOLSETS
+from mcp_polygon.config import ALL_TOOLSETS, Profile
+from mcp_polygon.rest.endpoints import load_endpoints
 from mcp_polygon.server import App, _without_titles
+from mcp_polygon.streams.tools import VERBS
+
+# 81 REST tools, 8 per stream market, and issue 9's SQL and summary tools.
+FULL_PROFILE = {endpoint.name for endpoint in load_endpoints()} | {
+    verb.name_for(market) for verb in VERBS for market in ("stocks", "options", "futures", "indices", "forex", "crypto")
+}
+ANALYTICS = {"query_market_data", "get_stream_summary"}
 
 
-async def test_server_lists_all_129_tools_over_jsonrpc(client, app: App):
+async def test_server_lists_every_tool_of_the_full_profile_over_jsonrpc(client, app: App):
     names = [tool.name for tool in (await client.list_tools()).tools]
-    assert len(names) == len(set(names)) == 129
-    assert app.settings.toolsets == frozenset(ALL_TOOLSETS)
+    assert len(names) == len(set(names)) == len(FULL_PROFILE | ANALYTICS) == 131
+    assert set(names) == FULL_PROFILE | ANALYTICS
+    assert app.settings.toolsets == frozenset(ALL_TOOLSETS) and app.settings.profile is Profile.FULL
+    assert app.server is app.catalogue  # the full profile serves the catalogue itself
 
 
 async def test_bad_argument_is_one_sentence_naming_valid_choices(client):
@@ -53,7 +63,7 @@ def test_schema_titles_are_dropped_but_an_argument_named_title_stays():
 
 async def test_listed_schemas_carry_no_generated_titles(client):
     tools = (await client.list_tools()).tools
-    assert len(tools) == 129
+    assert len(tools) == 131
     assert all('"title"' not in str(tool.input_schema).replace("'", '"') for tool in tools)
 
 

@@ -45,6 +45,15 @@ async def test_console_script_lists_and_calls_rest_tools(sim: Simulator, tmp_pat
     assert (seen.path, seen.auth) == ("/v1/marketstatus/now", "bearer")
 
 
+async def test_console_script_answers_with_readable_columns_and_iso_times(sim: Simulator, tmp_path: Path):
+    """The mapping ships with the package (rest/columns_data.json): the installed command reads it too."""
+    async with Client(server_params(sim, tmp_path, key=sim.api_key)) as client:
+        result = await client.call_tool("get_last_trade", {"ticker": "AAPL"})
+    header, row = text_of(result).splitlines()[:2]
+    columns = dict(zip(header.split(","), row.split(","), strict=True))
+    assert columns["price"] == "129.8473" and columns["sip_timestamp"] == "2021-04-08T17:02:22.969834Z"
+
+
 async def test_console_script_without_key_explains_how_to_set_it(sim: Simulator, tmp_path: Path):
     async with Client(server_params(sim, tmp_path, key=None)) as client:
         result = await client.call_tool("get_market_status", {})

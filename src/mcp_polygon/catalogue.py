@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 from mcp_polygon.config import ALL_TOOLSETS, Settings
 from mcp_polygon.server import build_app
@@ -31,9 +32,16 @@ def render() -> str:
     async def collect() -> list[tuple[str, list[tuple[str, str]]]]:
         return [(toolset, await _tools_of(toolset)) for toolset in ALL_TOOLSETS]
 
+    per_toolset = asyncio.run(collect())
+    # Tools that every stream market brings (SQL, summaries) are listed once, in a section of their own.
+    seen = Counter(name for _, tools in per_toolset for name, _ in tools)
+    shared = {name: summary for _, tools in per_toolset for name, summary in tools if seen[name] > 1}
+    groups = [(toolset, [t for t in tools if t[0] not in shared]) for toolset, tools in per_toolset]
+    if shared:
+        groups.append(("across markets", list(shared.items())))
     sections = []
     total = 0
-    for toolset, tools in asyncio.run(collect()):
+    for toolset, tools in groups:
         total += len(tools)
         rows = "\n".join(f"| `{name}` | {summary} |" for name, summary in tools)
         sections.append(f"### {toolset} ({len(tools)} tools)\n\n| tool | what it does |\n|---|---|\n{rows}\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,17 +28,36 @@ def _default_data_dir() -> Path:
     return Path(base) / "mcp-polygon"
 
 
-def parse_toolsets(raw: str | None) -> frozenset[str]:
-    """Parse POLYGON_TOOLSETS ('stocks,crypto'); empty or 'all' means every toolset."""
-    if raw is None or not raw.strip() or raw.strip().lower() == "all":
-        return frozenset(ALL_TOOLSETS)
-    names = {part.strip().lower() for part in raw.split(",") if part.strip()}
+class Profile(StrEnum):
+    """Which tools `tools/list` shows. FULL: every tool of the toolsets. COMPACT: about a dozen (find_tools,
+    call_tool, the stream verbs with a `market` argument, SQL and summaries) that reach all the others, for
+    clients that cap or crowd the tool list."""
+
+    FULL = "full"
+    COMPACT = "compact"
+
+
+def parse_profile_and_toolsets(raw: str | None) -> tuple[Profile, frozenset[str]]:
+    """Parse POLYGON_TOOLSETS: asset classes ('stocks,crypto'), 'all' (or empty) for every one, and optionally the
+    word 'compact', which picks the compact profile instead of naming an asset class ('compact' alone or
+    'compact,stocks')."""
+    names = {part.strip().lower() for part in (raw or "").split(",") if part.strip()}
+    profile = Profile.COMPACT if Profile.COMPACT.value in names else Profile.FULL
+    names.discard(Profile.COMPACT.value)
+    if not names or names == {"all"}:
+        return profile, frozenset(ALL_TOOLSETS)
     unknown = sorted(names - set(ALL_TOOLSETS))
     if unknown:
         raise ConfigError(
-            f"POLYGON_TOOLSETS has unknown toolset(s) {', '.join(unknown)}; valid: {', '.join(ALL_TOOLSETS)} or 'all'."
+            f"POLYGON_TOOLSETS has unknown toolset(s) {', '.join(unknown)}; valid: {', '.join(ALL_TOOLSETS)} or "
+            "'all', optionally with 'compact' for the compact profile (e.g. 'compact,stocks')."
         )
-    return frozenset(names)
+    return profile, frozenset(names)
+
+
+def parse_toolsets(raw: str | None) -> frozenset[str]:
+    """The asset classes of POLYGON_TOOLSETS ('stocks,crypto'); empty or 'all' means every toolset."""
+    return parse_profile_and_toolsets(raw)[1]
 
 
 def _int_env(env: dict[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -93,6 +113,33 @@ def _secret_env(env: dict[str, str], *names: str) -> str | None:
         if value:
             return check_secret(value, name)
     return None
+
+
+def _redis_env(env: dict[str, str]) -> dict[str, Any]:
+    """The POLYGON_REDIS_* settings, checked at start-up (the URL's password is never echoed). Unset URL: nothing,
+    and redis is not even imported."""
+    url = (env.get("POLYGON_REDIS_URL") or "").strip()
+    if not url:
+        return {}
+    from mcp_polygon.sharedfeed import SharedFeedConfig  # only here: the embedded default never imports redis
+
+    checked = {
+        "POLYGON_REDIS_URL": url,
+        "POLYGON_REDIS_NAMESPACE": env.get("POLYGON_REDIS_NAMESPACE") or "",
+        "POLYGON_REDIS_MAXLEN": env.get("POLYGON_REDIS_MAXLEN") or "",
+        "POLYGON_REDIS_CA_CERTS": env.get("POLYGON_REDIS_CA_CERTS") or "",
+    }
+    try:
+        config = SharedFeedConfig.from_env(checked)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}.".replace("..", ".")) from None
+    assert config is not None
+    return {
+        "redis_url": config.url,
+        "redis_namespace": config.namespace,
+        "redis_maxlen": config.max_frames,
+        "redis_ca_certs": config.ssl_ca_certs,
+    }
 
 
 def check_url(value: str, name: str, schemes: tuple[str, ...], example: str, redact: Redactor) -> str:
@@ -156,6 +203,7 @@ class Settings:
     rest_url: str = DEFAULT_REST_URL
     ws_url: str = DEFAULT_WS_URL
     toolsets: frozenset[str] = field(default_factory=lambda: frozenset(ALL_TOOLSETS))
+    profile: Profile = Profile.FULL
     # REST behaviour
     request_timeout: float = 30.0
     max_retries: int = 3
@@ -173,6 +221,12 @@ class Settings:
     # SQL over streams, recordings and saved REST results
     query_timeout: float = 10.0
     query_memory_mb: int = 1024
+    # Shared feed (issue 11): with a Redis URL, one process per market holds the upstream socket and every process
+    # reads the market's Redis Stream. None: the embedded default (one socket per process, nothing shared).
+    redis_url: str | None = None  # may hold a password: never shown (see __repr__)
+    redis_namespace: str = "mcp-polygon"
+    redis_maxlen: int = 10_000  # frames kept per market stream (XADD MAXLEN ~)
+    redis_ca_certs: str | None = None  # CA file for rediss:// with a private CA
     # True when REST and streams point at the built-in simulator: output must say so.
     simulated: bool = False
 
@@ -198,11 +252,13 @@ class Settings:
         rest_url = env.get("POLYGON_REST_URL") or DEFAULT_REST_URL
         ws_url = env.get("POLYGON_WS_URL") or DEFAULT_WS_URL
         data_dir = env.get("POLYGON_DATA_DIR")
+        profile, toolsets = parse_profile_and_toolsets(env.get("POLYGON_TOOLSETS"))
         return cls(
             api_key=key,
             rest_url=check_url(rest_url, "POLYGON_REST_URL", ("http", "https"), DEFAULT_REST_URL, redact),
             ws_url=check_url(ws_url, "POLYGON_WS_URL", ("ws", "wss"), DEFAULT_WS_URL, redact),
-            toolsets=parse_toolsets(env.get("POLYGON_TOOLSETS")),
+            toolsets=toolsets,
+            profile=profile,
             request_timeout=float(_int_env(env, "POLYGON_TIMEOUT", 30)),
             max_retries=_int_env(env, "POLYGON_MAX_RETRIES", 3, minimum=0),
             buffer_size=_int_env(env, "POLYGON_STREAM_BUFFER", 1000, minimum=10),
@@ -215,4 +271,5 @@ class Settings:
             allowed_origins=_allowed_origins_env(env, "POLYGON_ALLOWED_ORIGINS"),
             query_timeout=float(_int_env(env, "POLYGON_QUERY_TIMEOUT", 10)),
             query_memory_mb=_int_env(env, "POLYGON_QUERY_MEMORY_MB", 1024, minimum=64),
+            **_redis_env(env),
         )

@@ -11,6 +11,7 @@ Two layers, so that no parameter is ever invented by hand:
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import keyword
@@ -36,8 +37,25 @@ PATH_ARG_NAMES = {
     "from": "from_",
 }
 
-# Suffixes of vendor range/set filters (`ticker.gte`, `tags.any_of`); the argument is `ticker_gte`.
+# Suffixes of vendor range/set filters (`ticker.gte`, `tags.any_of`).
 FILTER_SUFFIXES = ("gt", "gte", "lt", "lte", "any_of", "all_of", "search")
+
+
+class Operator(enum.StrEnum):
+    """Which vendor parameter one condition of a filter argument fills: the suffix after the field name."""
+
+    EQ = ""  # the field itself: `ticker=AAPL`
+    GT = "gt"
+    GTE = "gte"
+    LT = "lt"
+    LTE = "lte"
+    ANY_OF = "any_of"
+
+
+# A field's range and set variants fold into one argument that takes `>=v`, `lo..hi` or `a,b` (issue 10: four
+# range parameters per field, each with its own description, made up most of tools/list). `all_of` and `search`
+# (five parameters in the whole spec) stay arguments of their own: `x_all_of`, `x_search`.
+FOLDED_SUFFIXES = frozenset(op.value for op in Operator if op is not Operator.EQ)
 
 MARKET_TYPES = ("stocks", "forex", "crypto")
 # Ticker prefixes the vendor uses for non-stock assets; they let market_type be inferred from the ticker.
@@ -55,6 +73,8 @@ class ToolDef:
     toolset: str
     path: str
     purpose: str
+    # A human-readable name for clients' tool lists; derived from `name` unless given.
+    title: str | None = None
     # market_type -> vendor path; the first entry is the default market.
     market_paths: Mapping[str, str] | None = None
     # Query parameters always sent and hidden from the agent (e.g. types=ticker_change).
@@ -104,7 +124,7 @@ def _indicators(toolset: str, prefix: str, placeholder: str, asset: str) -> list
                 f"get_{prefix}{ind}",
                 toolset,
                 f"/v1/indicators/{ind}/{{{placeholder}}}",
-                f"{label} of {asset} over time (one value per timespan bar, newest first).",
+                f"{label[:1].upper()}{label[1:]} of {asset} over time.",
             )
         )
     return out
@@ -118,16 +138,14 @@ TOOLS: tuple[ToolDef, ...] = (
         "get_aggs",
         "stocks",
         _AGGS,
-        "OHLCV bars for a ticker over a date range, one page. Prefixes O:, I:, C:, X: select options, indices, "
-        "forex, crypto.",
+        "OHLCV bars of any ticker (O:, I:, C:, X: too) over a date range, one page.",
         defaults={"limit": 120},
     ),
     _t(
         "list_aggs",
         "stocks",
         _AGGS,
-        "OHLCV bars for a ticker over a date range, following pages up to max_rows bars. Prefixes O:, I:, C:, X: "
-        "select options, indices, forex, crypto.",
+        "OHLCV bars of any ticker (O:, I:, C:, X: too) over a date range, following pages up to max_rows bars.",
         fixed={"limit": "50000"},
         only=("adjusted", "sort"),
         max_rows=500,
@@ -156,29 +174,28 @@ TOOLS: tuple[ToolDef, ...] = (
         "list_trades",
         "stocks",
         "/v3/trades/{stockTicker}",
-        "Tick-level trades of a stock (nanosecond timestamps), newest first by default.",
+        "Tick-level trades of a stock, newest first by default.",
     ),
     _t("get_last_trade", "stocks", "/v2/last/trade/{stocksTicker}", "Most recent trade of a stock."),
     _t(
         "list_quotes",
         "stocks",
         "/v3/quotes/{stockTicker}",
-        "NBBO quotes (bid/ask) of a stock (nanosecond timestamps), newest first by default.",
+        "NBBO quotes (bid/ask) of a stock, newest first by default.",
     ),
     _t("get_last_quote", "stocks", "/v2/last/nbbo/{stocksTicker}", "Most recent NBBO quote of a stock."),
     _t(
         "list_universal_snapshots",
         "stocks",
         "/v3/snapshot",
-        "Snapshots of tickers of any asset class in one call (ticker_any_of='AAPL,O:...,C:EURUSD,X:BTCUSD,I:SPX'); "
-        "unknown tickers come back as rows with an error column.",
+        "Snapshots of tickers of any asset class in one call (ticker='AAPL,O:...,C:EURUSD,X:BTCUSD,I:SPX'); an "
+        "unknown ticker is a row with an error.",
     ),
     _snapshot_tool(
         "get_snapshot_all",
         "/tickers",
         "/tickers",
-        "Current-day snapshot (day bar, last trade/quote, change) of all or listed tickers of a market "
-        "(whole market, capped by max_rows).",
+        "Current-day snapshot (day bar, last trade/quote, change) of all or listed tickers of a market.",
         max_rows=DEFAULT_MAX_ROWS,
     ),
     _snapshot_tool(
@@ -480,8 +497,7 @@ TOOLS: tuple[ToolDef, ...] = (
         "get_indices_snapshot",
         "indices",
         "/v3/snapshot/indices",
-        "Snapshot of indices (ticker_any_of='I:SPX,I:DJI'): value, session change; unknown tickers come back as "
-        "rows with an error column.",
+        "Snapshot of indices (ticker='I:SPX,I:DJI'): value, session change; an unknown ticker is a row with an error.",
     ),
     *_indicators("indices", "index_", "indicesTicker", "an index (I:SPX)"),
 )
@@ -496,15 +512,38 @@ class Arg:
     """One tool argument and how it reaches the vendor."""
 
     name: str  # the tool argument name
-    wire: str  # vendor query parameter or path placeholder; "" for local arguments
+    wire: str  # vendor query parameter (a filter's field name) or path placeholder; "" for local arguments
     where: Literal["path", "query", "local"]
-    type: str  # string | integer | number | boolean | array
+    type: str  # string | integer | number | boolean | array (a filter: the field's type)
     required: bool
-    description: str
+    description: str  # what the argument means; "" where the server instructions say it once for every tool
     enum: tuple[Any, ...] | None = None
     default: Any = None  # sent when the agent gives nothing; None sends nothing
     # For market_type tools: the markets whose path declares this parameter (None: all of them).
     markets: frozenset[str] | None = None
+    # A filter: the vendor parameters this one argument can fill (EQ: `wire` itself, GTE: `wire.gte`, ...).
+    operators: frozenset[Operator] = frozenset()
+    # What applies when the argument is omitted without us sending anything (the vendor's own default, or a local
+    # cap): shown in the schema's `default`, never sent.
+    implied_default: Any = None
+    # Its meaning and default are the same in every tool and said once in the server instructions.
+    shared: bool = False
+
+    @property
+    def is_filter(self) -> bool:
+        return bool(self.operators)
+
+    def wire_of(self, operator: Operator) -> str:
+        """The vendor parameter one condition fills: `timestamp` + GTE -> `timestamp.gte`."""
+        return self.wire if operator is Operator.EQ else f"{self.wire}.{operator.value}"
+
+    def wires(self) -> tuple[str, ...]:
+        """Every vendor query parameter this argument can send."""
+        if self.where != "query":
+            return ()
+        if not self.is_filter:
+            return (self.wire,)
+        return tuple(sorted(self.wire_of(op) for op in self.operators))
 
 
 @dataclass(frozen=True)
@@ -513,6 +552,7 @@ class Endpoint:
     toolset: str
     path: str  # default vendor path
     purpose: str
+    title: str
     args: tuple[Arg, ...]
     fixed: Mapping[str, str]
     market_paths: Mapping[str, str] | None
@@ -531,11 +571,33 @@ class Endpoint:
 
 
 def argument_name(vendor_name: str, where: str) -> str:
-    """`ticker.gte` -> `ticker_gte`; path placeholders get the readable names of PATH_ARG_NAMES."""
+    """`tags.all_of` -> `tags_all_of`; path placeholders get the readable names of PATH_ARG_NAMES."""
     if where == "path":
         return PATH_ARG_NAMES.get(vendor_name, vendor_name)
     name = vendor_name.replace(".", "_")
     return name + "_" if keyword.iskeyword(name) else name
+
+
+# Words of tool names that read better otherwise in a title: get_sma -> "Get SMA", list_ipos -> "List IPOs".
+_TITLE_WORDS = {
+    "aggs": "aggregate bars",
+    "agg": "aggregate",
+    "sma": "SMA",
+    "ema": "EMA",
+    "macd": "MACD",
+    "rsi": "RSI",
+    "ipos": "IPOs",
+    "otc": "OTC",
+    "forex": "forex",
+    "benzinga": "Benzinga",
+}
+
+
+def title_of(name: str) -> str:
+    """A readable title from a tool name: list_benzinga_earnings -> "List Benzinga earnings"."""
+    words = [_TITLE_WORDS.get(word, word) for word in name.split("_")]
+    text = " ".join(words)
+    return text[:1].upper() + text[1:]
 
 
 @functools.cache
@@ -546,59 +608,116 @@ def path_params() -> Mapping[str, Any]:
     return paths
 
 
+# Arguments every tool has the same meaning for: the server instructions explain them once, so their schemas
+# carry no description (with a path `ticker`, they were most of the repeated prose in tools/list). The indicator
+# arguments are among them: sixteen tools repeated the same six sentences.
+_SHARED_MEANING = frozenset(
+    {
+        "limit",
+        "cursor",
+        "max_rows",
+        "market_type",
+        "order",
+        "sort",
+        "adjusted",
+        "timespan",
+        "window",
+        "short_window",
+        "long_window",
+        "signal_window",
+        "series_type",
+        "expand_underlying",
+    }
+)
+
+
+# Of those, the indicators' arguments, whose vendor defaults are the same in all sixteen indicator tools: the
+# instructions give them, so the schemas need not (tests/test_rest_spec.py checks they still agree).
+INDICATOR_DEFAULTS: Mapping[str, Any] = {
+    "timespan": "day",
+    "adjusted": True,
+    "window": "50 (rsi: 14)",
+    "short_window": 12,
+    "long_window": 26,
+    "signal_window": 9,
+    "series_type": "close",
+    "expand_underlying": False,
+}
+_SHARED_DEFAULTS = frozenset(INDICATOR_DEFAULTS)
+
+
+def _description(p: Mapping[str, Any], name: str, where: str) -> str:
+    if name in _SHARED_MEANING or (where == "path" and name == "ticker"):
+        return ""
+    text: str = p.get("description", "")
+    return text
+
+
 def _arg_from_param(p: Mapping[str, Any], tool: ToolDef) -> Arg:
     where = p["in"]
     default = tool.defaults.get(p["name"])
     if default is None and p["name"] == "limit":
         # The vendor's defaults (100, 1000, 5000 rows) are far more than an agent should read at once.
         default = min(int(p.get("default") or DEFAULT_LIMIT), DEFAULT_LIMIT)
-    description = p.get("description", "")
-    if default is not None and where == "query":
-        description = f"{description} Default here: {default}.".strip()
-    elif p.get("default") is not None and where == "query":
-        description = f"{description} Vendor default: {p['default']}.".strip()
+    name = argument_name(p["name"], where)
     return Arg(
-        name=argument_name(p["name"], where),
+        name=name,
         wire=p["name"],
         where=where,
         type=p.get("type", "string"),
         required=bool(p.get("required")) or where == "path" or p["name"] in tool.required,
-        description=description,
+        description=_description(p, name, where),
         enum=tuple(p["enum"]) if p.get("enum") else None,
         default=default,
+        implied_default=p.get("default") if default is None and where == "query" else None,
+        shared=name in _SHARED_DEFAULTS,
     )
+
+
+def _split_filter(name: str) -> tuple[str, Operator]:
+    """`timestamp.gte` -> ("timestamp", GTE); a name without a folded suffix -> (name, EQ)."""
+    base, _, suffix = name.rpartition(".")
+    if base and suffix in FOLDED_SUFFIXES:
+        return base, Operator(suffix)
+    return name, Operator.EQ
+
+
+def _path_args(params: list[Mapping[str, Any]], tool: ToolDef) -> list[Arg]:
+    """The arguments of one vendor path: each field's variants folded into one filter argument."""
+    declared = {p["name"]: p for p in params}
+    kept = [
+        p
+        for p in params
+        if p["in"] != "query" or not (p["name"] in tool.fixed or (tool.only is not None and p["name"] not in tool.only))
+    ]
+    operators: dict[str, set[Operator]] = {}
+    for p in kept:
+        base, op = _split_filter(p["name"])
+        # Only the variants of a field the vendor declares fold into it; anything else keeps its own argument.
+        if p["in"] == "query" and base in declared:
+            operators.setdefault(base, set()).add(op)
+    args: dict[str, Arg] = {}
+    for p in kept:
+        base, op = _split_filter(p["name"])
+        ops = operators.get(base, set())
+        if p["in"] != "query" or ops <= {Operator.EQ}:
+            arg = _arg_from_param(p, tool)
+            args.setdefault(arg.name, arg)
+        elif base not in args:
+            # The field's own declaration names and types the argument, even where only its variants are kept.
+            field_arg = _arg_from_param(declared[base], tool)
+            args[base] = replace(field_arg, name=argument_name(base, "query"), operators=frozenset(ops))
+    return list(args.values())
 
 
 def _local_args(tool: ToolDef, paginated: bool) -> list[Arg]:
     out = []
     if tool.market_paths:
-        out.append(
-            Arg(
-                "market_type",
-                "",
-                "local",
-                "string",
-                False,
-                "Market: stocks, forex or crypto. Default: from the ticker prefix (C: forex, X: crypto), else stocks.",
-                enum=MARKET_TYPES,
-            )
-        )
+        out.append(Arg("market_type", "", "local", "string", False, "", enum=MARKET_TYPES))
     if tool.max_rows is not None:
-        what = "bars to fetch across pages" if tool.follow_pages else "rows to show"
-        out.append(
-            Arg("max_rows", "", "local", "integer", False, f"Most {what}. Default: {tool.max_rows}.", default=None)
-        )
+        out.append(Arg("max_rows", "", "local", "integer", False, "", implied_default=tool.max_rows))
     if paginated:
-        out.append(
-            Arg(
-                "cursor",
-                "",
-                "local",
-                "string",
-                False,
-                "Page token from a previous answer's '# next page' line; it carries the other filters.",
-            )
-        )
+        out.append(Arg("cursor", "", "local", "string", False, ""))
     return out
 
 
@@ -610,13 +729,11 @@ def _build(tool: ToolDef, data: Mapping[str, Any]) -> Endpoint:
     for market, path in paths.items():
         entry = data[path]
         next_url = next_url or entry.get("next_url", False)
-        for p in entry["params"]:
-            if p["in"] == "query" and (
-                p["name"] in tool.fixed or (tool.only is not None and p["name"] not in tool.only)
-            ):
-                continue
-            arg = _arg_from_param(p, tool)
-            args.setdefault(arg.name, arg)
+        for arg in _path_args(entry["params"], tool):
+            known = args.setdefault(arg.name, arg)
+            if known.operators != arg.operators:
+                # Markets disagree on a field's variants: offer only those every market that has the field takes.
+                args[arg.name] = replace(known, operators=known.operators & arg.operators)
             declared.setdefault(arg.name, set()).add(market)
     if tool.market_paths:
         every = set(tool.market_paths)
@@ -632,6 +749,7 @@ def _build(tool: ToolDef, data: Mapping[str, Any]) -> Endpoint:
         toolset=tool.toolset,
         path=tool.path,
         purpose=tool.purpose,
+        title=tool.title or title_of(tool.name),
         args=tuple(ordered),
         fixed=dict(tool.fixed),
         market_paths=dict(tool.market_paths) if tool.market_paths else None,
@@ -643,7 +761,7 @@ def _build(tool: ToolDef, data: Mapping[str, Any]) -> Endpoint:
 
 def _with_markets(arg: Arg, markets: frozenset[str]) -> Arg:
     only = ", ".join(sorted(markets))
-    return replace(arg, markets=markets, description=f"{arg.description} ({only} only)")
+    return replace(arg, markets=markets, description=f"{arg.description} ({only} only)".strip())
 
 
 @functools.cache

@@ -1,8 +1,10 @@
 """Vendor JSON -> rows -> compact CSV, with explicit markers when anything is left out.
 
 Agents pay per token: CSV states each column name once, where JSON repeats every key on every row. The envelope
-(status, request_id, count, next_url, ...) is dropped; nested objects become `parent_child` columns. A value's text
-in its cell follows the rules in mcp_polygon/cells.py, the same as stream answers.
+(status, request_id, count, next_url, ...) is dropped; nested objects become `parent_child` columns. Columns read
+as the vendor means them (rest/columns.py: `c` -> `close`, epoch times -> ISO 8601 UTC), the same in CSV answers and
+in saved tables (`readable_table`). A value's text in its cell follows the rules in mcp_polygon/cells.py, the same
+as stream answers.
 
 Shapes handled (all seen in the vendor OpenAPI examples):
 - a `results`, `tickers` or `data` list           -> one row per item
@@ -20,12 +22,13 @@ import base64
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mcp_polygon.cells import cell_text, csv_field, csv_line, quoted
+from mcp_polygon.rest.columns import UNCHANGED, ColumnView
 
 # Top-level keys that describe the response rather than the data.
 ENVELOPE_KEYS = frozenset({"status", "request_id", "count", "next_url", "resultsCount", "queryCount", "adjusted"})
@@ -40,16 +43,21 @@ _DATAPOINT_KEYS = frozenset({"value", "unit", "label", "order", "source", "deriv
 class Section:
     """A block of rows: the main table (title None) or a named sub-table such as an order book side.
 
-    `items` are the vendor's objects, flattened only when written: a whole-market answer has 10,000+ rows of
-    which a few dozen are shown, and flattening them all would stall the event loop for a noticeable time.
+    `items` are the vendor's objects, flattened (and made readable by `view`) only when written: a whole-market
+    answer has 10,000+ rows of which a few dozen are shown, and flattening them all would stall the event loop
+    for a noticeable time.
     """
 
     title: str | None
     items: Sequence[Any]
+    view: ColumnView = field(default=UNCHANGED, compare=False)
+
+    def row(self, item: Any) -> dict[str, Any]:
+        return self.view.readable_row(_row(item))
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        return [_row(item) for item in self.items]
+        return [self.row(item) for item in self.items]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -101,8 +109,12 @@ def _object_sections(obj: Mapping[str, Any]) -> list[Section]:
     return sections
 
 
-def extract_sections(body: Any) -> list[Section]:
-    """Turn any vendor response body into sections of flat rows (envelope dropped)."""
+def extract_sections(body: Any, view: ColumnView = UNCHANGED) -> list[Section]:
+    """Turn any vendor response body into sections of flat rows (envelope dropped), read through `view`."""
+    return [Section(s.title, s.items, view) for s in _vendor_sections(body)]
+
+
+def _vendor_sections(body: Any) -> list[Section]:
     if isinstance(body, list):
         return [Section(None, body)]
     if not isinstance(body, Mapping):
@@ -200,7 +212,7 @@ def render(
         rows: list[dict[str, Any]] = []
         estimate = used
         for item in islice(section.items, visible):
-            row = _row(item)
+            row = section.row(item)
             rows.append(row)
             estimate += sum(len(cell_text(v)) + 1 for v in row.values())
             if estimate > budget:
@@ -231,6 +243,23 @@ def render(
         parts.append(_truncation_marker(dropped_size, max_chars, narrow_hint))
     text = head + "".join(parts) + tail
     return Rendered(text=text.rstrip("\n"), shown=shown, dropped_by_cap=dropped_cap, dropped_by_size=dropped_size)
+
+
+@dataclass(frozen=True)
+class ReadableTable:
+    """The main rows of a response as a table: readable column names, values as the CSV answer shows them."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+
+def readable_table(body: Any, view: ColumnView = UNCHANGED) -> ReadableTable:
+    """(columns, rows) of a vendor body's main section, through `view` (columns.view_for(path, arguments)): the
+    same names and ISO times as the CSV answer, for a saved table. Every row, not only the shown ones."""
+    sections = extract_sections(body, view)
+    rows = sections[0].rows if sections else []
+    columns = columns_of(rows)
+    return ReadableTable(tuple(columns), tuple(tuple(row.get(c) for c in columns) for row in rows))
 
 
 # ---------------------------------------------------------------------------------------------------------------

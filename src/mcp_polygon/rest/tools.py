@@ -10,7 +10,8 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote
 
@@ -21,14 +22,16 @@ from pydantic import Field
 
 from mcp_polygon.config import Settings
 from mcp_polygon.redaction import Redactor
-from mcp_polygon.rest import arguments, errors, tables
+from mcp_polygon.rest import arguments, columns, errors, tables
 from mcp_polygon.rest.client import RestClient
 from mcp_polygon.rest.endpoints import (
+    DEFAULT_LIMIT,
     MARKET_TYPES,
     PATH_ARG_NAMES,
     TICKER_PREFIX_MARKET,
     Arg,
     Endpoint,
+    Operator,
     load_endpoints,
 )
 
@@ -41,34 +44,83 @@ ROWS_CEILING = 50_000
 
 _PY_TYPES: dict[str, type] = {"string": str, "integer": int, "number": float, "boolean": bool, "array": str}
 _PLACEHOLDER = re.compile(r"\{([^}]+)\}")
-_ANNOTATIONS = ToolAnnotations(read_only_hint=True, open_world_hint=True)
+# store_as: (table name, columns, rows, the tool's name) -> the answer (rows, columns, a 5-row preview).
+TableStore = Callable[[str, Sequence[str], Sequence[Sequence[Any]], str], Awaitable[str]]
+STORE_DEFAULT_ROWS = 10_000  # rows store_as saves without max_rows
+STORE_MAX_PAGES = 200  # bound the requests one store_as call can make
+# Every REST tool reads vendor data and changes nothing, here or at the vendor: calling it twice is harmless.
+_ANNOTATIONS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Signatures
+# Signatures: the schema says the type, the enum and the default; a description says only what they cannot.
 
 
-def _tidy_schema(schema: dict[str, Any]) -> None:
-    """Trim what costs the agent tokens but tells it nothing: per-field titles, `null` branches, null defaults."""
-    schema.pop("title", None)
-    any_of = schema.get("anyOf")
-    if isinstance(any_of, list) and len(any_of) == 2 and {"type": "null"} in any_of:
-        other = next(s for s in any_of if s != {"type": "null"})
-        del schema["anyOf"]
-        schema.update(other)
-    if "default" in schema and schema["default"] is None:
-        del schema["default"]
+def _marker(arg: Arg) -> str:
+    """The tag that tells an agent which value forms an argument takes (the instructions explain each tag once)."""
+    tags = []
+    if arg.operators & RANGE_OPERATORS:
+        tags.append("range")
+    if Operator.ANY_OF in arg.operators or arg.type == "array":
+        tags.append("list")
+    return f"[{', '.join(tags)}]" if tags else ""
+
+
+def schema_description(arg: Arg) -> str:
+    """The description an argument's schema carries: the vendor's meaning, what a filter takes, its choices."""
+    if arg.is_filter and arg.enum:
+        # A filter's schema is a string (it takes lists too), so its choices are said here instead; they also say
+        # what the field is, better than the vendor's "The sector to which the product belongs".
+        return f"{_marker(arg)} {'|'.join(map(str, arg.enum))}"
+    return " ".join(part for part in (arg.description, _marker(arg)) if part)
+
+
+def _tidy(arg: Arg) -> Callable[[dict[str, Any]], None]:
+    """A schema hook trimming what costs the agent tokens but tells it nothing (titles, null branches)."""
+
+    def tidy(schema: dict[str, Any]) -> None:
+        schema.pop("title", None)
+        any_of = schema.pop("anyOf", None)
+        if arg.is_filter:
+            # Numbers are accepted too (an agent may send importance=3), but the documented form is text.
+            schema["type"] = "string"
+        elif isinstance(any_of, list):
+            others = [s for s in any_of if s != {"type": "null"}]
+            schema.update(others[0] if len(others) == 1 else {"anyOf": others})
+        # The row caps and limit's default are said once in the instructions; the signature still applies them.
+        schema.pop("minimum", None)
+        schema.pop("maximum", None)
+        if arg.name == "limit" and arg.default == DEFAULT_LIMIT:
+            schema.pop("default", None)
+        if schema.get("default") is None:
+            schema.pop("default", None)
+            # The vendor's own default order applies when sort/order are omitted (said once in the instructions).
+            if (
+                arg.implied_default is not None
+                and not (arg.enum and len(arg.enum) == 1)
+                and not arg.shared
+                and arg.name not in ("sort", "order")
+            ):
+                schema["default"] = arg.implied_default
+        description = schema_description(arg)
+        if description:
+            schema["description"] = description
+        else:
+            schema.pop("description", None)
+
+    return tidy
 
 
 def _annotation(arg: Arg) -> Any:
-    base: Any = Literal[arg.enum] if arg.enum else _PY_TYPES.get(arg.type, str)
+    base: Any
+    if arg.is_filter:
+        base = str | int | float
+    else:
+        base = Literal[arg.enum] if arg.enum else _PY_TYPES.get(arg.type, str)
     constraints: dict[str, Any] = {}
     if arg.name in ("limit", "max_rows"):
         constraints = {"ge": 1, "le": ROWS_CEILING}
-    description = arg.description
-    if arg.type == "array":
-        description = f"{description} Comma-separated.".strip()
-    field = Field(description=description, json_schema_extra=_tidy_schema, **constraints)
+    field = Field(json_schema_extra=_tidy(arg), **constraints)
     if arg.required:
         return Annotated[base, field]
     return Annotated[base | None, field]
@@ -85,12 +137,128 @@ def build_signature(endpoint: Endpoint) -> inspect.Signature:
 
 
 def describe(endpoint: Endpoint) -> str:
-    lines = [endpoint.purpose, "Returns CSV."]
-    if endpoint.paginated:
-        lines.append("If more rows exist, the last line is the call for the next page.")
-    if endpoint.max_rows and not endpoint.follow_pages:
-        lines.append(f"Shows max_rows rows (default {endpoint.max_rows}).")
-    return " ".join(lines)
+    """What the tool answers; how every answer reads (CSV, next-page hints) is said once in the instructions."""
+    return endpoint.purpose
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Filters: one argument per vendor field, `>=v`, `lo..hi`, `a,b` or a bare value
+
+
+RANGE_OPERATORS = frozenset({Operator.GT, Operator.GTE, Operator.LT, Operator.LTE})
+# Two-character signs first, so that `>=5` is not read as `>` and `=5`.
+_COMPARISONS = ((">=", Operator.GTE), ("<=", Operator.LTE), (">", Operator.GT), ("<", Operator.LT))
+_SHOWN_COMPARISONS = ((">=", Operator.GTE), (">", Operator.GT), ("<=", Operator.LTE), ("<", Operator.LT))
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One vendor parameter a filter argument fills: `timestamp.gte=2024-01-01` is (GTE, "2024-01-01")."""
+
+    operator: Operator
+    value: str
+
+
+def filter_forms(arg: Arg) -> str:
+    """The value forms this filter takes, for error messages: only those its vendor parameters allow."""
+    forms = []
+    if Operator.EQ in arg.operators:
+        forms.append("a value")
+    comparisons = [f"{sign}v" for sign, op in _SHOWN_COMPARISONS if op in arg.operators]
+    if comparisons:
+        forms.append(" ".join(comparisons))
+    if {Operator.GTE, Operator.LTE} <= arg.operators:
+        forms.append("lo..hi")
+    if Operator.ANY_OF in arg.operators:
+        forms.append("a,b,c")
+    return ", ".join(forms)
+
+
+def _example(arg: Arg) -> str:
+    if not arg.operators & RANGE_OPERATORS:
+        values = [str(v) for v in (arg.enum or ("A", "B"))[:2]]
+        return f"{arg.name}='{','.join(values)}'"
+    if arg.type in ("integer", "number"):
+        return f"{arg.name}='>=3' or '1..5'"
+    return f"{arg.name}='>=2024-01-01' or '2024-01-01..2024-01-31'"
+
+
+def _bad_filter(arg: Arg, value: str, why: str) -> ToolError:
+    return ToolError(f"{arg.name} {arguments.quoted(value)} {why}: pass {filter_forms(arg)} (e.g. {_example(arg)}).")
+
+
+def _conditions(arg: Arg, text: str) -> list[Condition]:
+    """The conditions one filter value stands for, in the forms the instructions describe."""
+    if ".." in text:
+        low, _, high = text.partition("..")
+        pairs = [(Operator.GTE, low.strip()), (Operator.LTE, high.strip())]
+        conditions = [Condition(op, value) for op, value in pairs if value]
+        if not conditions or "..." in text or any(".." in c.value for c in conditions):
+            raise _bad_filter(arg, text, "is not a range")
+        return conditions
+    if text[:1] in "<>":
+        conditions = []
+        for term in text.split():
+            match = next(((op, term[len(sign) :]) for sign, op in _COMPARISONS if term.startswith(sign)), None)
+            if match is None or not match[1]:
+                raise _bad_filter(arg, text, "mixes comparisons with other text")
+            conditions.append(Condition(*match))
+        if len({c.operator for c in conditions}) < len(conditions):
+            raise _bad_filter(arg, text, "repeats a comparison")
+        return conditions
+    if "," in text and Operator.ANY_OF in arg.operators:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        return [Condition(Operator.ANY_OF, ",".join(items))]
+    return [Condition(Operator.EQ, text.removeprefix("=").strip())]
+
+
+def _is_number(text: str, *, integer: bool) -> bool:
+    try:
+        int(text) if integer else float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_operand(arg: Arg, whole: str, value: str) -> None:
+    """A condition's value against the field's type, its choices and (for symbols) the ticker alphabet."""
+    for item in value.split(",") if value else [value]:
+        if arg.enum and item not in map(str, arg.enum):
+            choices = ", ".join(map(str, arg.enum))
+            raise ToolError(
+                f"{arg.name} {arguments.quoted(item)} is not one of the valid values: pass one of {choices}."
+            )
+        if arg.type in ("integer", "number") and not _is_number(item, integer=arg.type == "integer"):
+            kind = "an integer" if arg.type == "integer" else "a number"
+            raise _bad_filter(arg, whole, f"has {arguments.quoted(item)}, which is not {kind}")
+        if arguments.kind_of(arg) is arguments.ValueKind.TICKER:
+            arguments.check_value(arg.name, item, arguments.ValueKind.TICKER, path=True)
+
+
+def parse_filter(arg: Arg, value: object) -> tuple[Condition, ...]:
+    """A filter argument's value -> the vendor parameters it fills, or a ToolError naming the valid forms."""
+    if isinstance(value, bool):
+        raise _bad_filter(arg, str(value).lower(), "is not a filter value")
+    text = str(value).strip()
+    arguments.check_value(arg.name, text, arguments.ValueKind.LIST)
+    if not text:
+        raise _bad_filter(arg, text, "is empty")
+    conditions = _conditions(arg, text)
+    for condition in conditions:
+        if any(sign in condition.value for sign in "<>="):  # `=>5`, `5..<9`: a misspelt form, not a value
+            raise _bad_filter(arg, text, "is not one of the forms")
+        if condition.operator not in arg.operators:
+            raise _bad_filter(arg, text, "uses a form this filter does not take")
+        _check_operand(arg, text, condition.value)
+    return tuple(conditions)
+
+
+def _filters(endpoint: Endpoint, args: Mapping[str, Any]) -> dict[str, tuple[Condition, ...]]:
+    return {
+        arg.name: parse_filter(arg, args[arg.name])
+        for arg in endpoint.args
+        if arg.is_filter and args.get(arg.name) is not None
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -158,10 +326,13 @@ def _path_values(template: str, path: str) -> dict[str, str] | None:
     return dict(zip(names, (unquote(v) for v in match.groups()), strict=True))
 
 
-def _query(endpoint: Endpoint, args: Mapping[str, Any]) -> dict[str, Any]:
+def _query(endpoint: Endpoint, args: Mapping[str, Any], filters: Mapping[str, tuple[Condition, ...]]) -> dict[str, Any]:
     query: dict[str, Any] = dict(endpoint.fixed)
     for arg in endpoint.args:
         if arg.where != "query":
+            continue
+        if arg.name in filters:
+            query.update((arg.wire_of(c.operator), c.value) for c in filters[arg.name])
             continue
         value = args.get(arg.name)
         if value is None:
@@ -196,11 +367,14 @@ def _not_found_hint(endpoint: Endpoint, args: Mapping[str, Any]) -> str:
 class RestTool:
     """Everything one tool call needs: the endpoint, the client, the settings."""
 
-    def __init__(self, endpoint: Endpoint, rest: RestClient, settings: Settings) -> None:
+    def __init__(
+        self, endpoint: Endpoint, rest: RestClient, settings: Settings, store: TableStore | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.rest = rest
         self.settings = settings
         self.redact = Redactor(settings.api_key)
+        self.store = store
 
     async def __call__(self, **args: Any) -> str:
         """The answer, with the key masked on every way out: the text, its cursors, and every error."""
@@ -216,13 +390,19 @@ class RestTool:
 
     async def _answer(self, args: Mapping[str, Any]) -> str:
         ep = self.endpoint
-        arguments.check_arguments(ep, args)
+        store_as = args.get("store_as")
+        args = {k: v for k, v in args.items() if k != "store_as"}
+        # Filters are parsed (and their values checked) on their own: `>=AAPL` is not a ticker, `AAPL` is.
+        filters = _filters(ep, args)
+        arguments.check_arguments(ep, {k: v for k, v in args.items() if k not in filters})
         market = _market(ep, args)
         template = ep.market_paths[market] if ep.market_paths and market else ep.path
         path = _fill_path(template, args)
         cursor = args.get("cursor")
-        query = _cursor_query(cursor) if cursor else _query(ep, args)
+        query = _cursor_query(cursor) if cursor else _query(ep, args, filters)
         hint_404 = _not_found_hint(ep, args)
+        if store_as is not None and self.store is not None:
+            return await self._save(str(store_as), template, path, query, args, hint_404)
 
         footer: list[str] = []
         if ep.follow_pages:
@@ -237,7 +417,7 @@ class RestTool:
         if next_url and ep.paginated:
             footer += self._next_page_hint(template, args, market, next_url)
         rendered = tables.render(
-            tables.extract_sections(body),
+            tables.extract_sections(body, columns.view_for(template, args)),
             max_chars=self.settings.max_response_chars,
             max_rows=max_rows,
             header=[SIMULATED_HEADER] if self.settings.simulated else [],
@@ -246,6 +426,39 @@ class RestTool:
             more_rows_hint=f"pass max_rows (up to {ROWS_CEILING}) to see more" if max_rows else "",
         )
         return rendered.text
+
+    async def _save(
+        self, name: str, template: str, path: str, query: dict[str, Any], args: Mapping[str, Any], hint_404: str
+    ) -> str:
+        """store_as: every page (whatever the tool's own limit) up to max_rows (default 10,000) rows, with the
+        answer's readable columns, saved as table `name`; answers with a short summary."""
+        target = args.get("max_rows") or STORE_DEFAULT_ROWS
+        view = columns.view_for(template, args)
+        names: dict[str, None] = {}
+        rows: list[dict[str, Any]] = []
+        for _ in range(STORE_MAX_PAGES):
+            body = await self.rest.get_json(path, query, not_found_hint=hint_404)
+            page = tables.readable_table(body, view)
+            names.update(dict.fromkeys(page.columns))
+            rows += (dict(zip(page.columns, row, strict=True)) for row in page.rows)
+            step = self._next_page(template, _next_url(body)) if self.endpoint.paginated else None
+            if len(rows) >= target or step is None:
+                break
+            path, query = step
+        table = list(names)
+        assert self.store is not None
+        return await self.store(name, table, [[row.get(c) for c in table] for row in rows[:target]], self.endpoint.name)
+
+    def _next_page(self, template: str, next_url: str | None) -> tuple[str, dict[str, Any]] | None:
+        """(path, query) of the vendor's next page, when it is a page of this endpoint's shape; else None."""
+        token = tables.page_token(next_url, self.redact) if next_url else None
+        moved = _path_values(template, token[0]) if token else None
+        if token is None or moved is None or not all(map(arguments.is_safe_path_value, moved.values())):
+            return None
+        try:
+            return token[0], dict(tables.params_from_token(token[1]))
+        except ValueError:
+            return None
 
     def _narrow_hint(self) -> str:
         names = {a.name for a in self.endpoint.args}
@@ -315,32 +528,53 @@ class RestTool:
             # The cut rows are not reachable through the vendor's cursor, so say how to get them instead.
             note = (
                 f"# stopped at max_rows={target} bars ({len(rows) - target} more fetched, not shown): raise "
-                "max_rows, or call again with from_ just after the last bar's t"
+                "max_rows, or call again with from_ just after the last bar's window_start"
             )
             rows, next_url = rows[:target], None
         return {"results": rows}, next_url, note
 
 
-def _make_tool(endpoint: Endpoint, rest: RestClient, settings: Settings) -> Callable[..., Any]:
-    runner = RestTool(endpoint, rest, settings)
+def _store_as_parameter() -> inspect.Parameter:
+    def tidy(schema: dict[str, Any]) -> None:  # a plain optional string, without pydantic's null branch
+        schema.pop("anyOf", None)
+        schema.pop("default", None)
+        schema["type"] = "string"
+
+    # What store_as does is said once in the server instructions: 81 copies of a sentence cost ~6 KB of tools/list.
+    field = Field(json_schema_extra=tidy)
+    return inspect.Parameter(
+        "store_as", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[str | None, field]
+    )
+
+
+def _make_tool(
+    endpoint: Endpoint, rest: RestClient, settings: Settings, store: TableStore | None = None
+) -> Callable[..., Any]:
+    runner = RestTool(endpoint, rest, settings, store)
 
     async def tool(**kwargs: Any) -> str:
         return await runner(**kwargs)
 
     tool.__name__ = tool.__qualname__ = endpoint.name
     tool.__doc__ = describe(endpoint)
-    tool.__signature__ = build_signature(endpoint)  # type: ignore[attr-defined]
+    signature = build_signature(endpoint)
+    if store is not None:  # saved tables are queried with query_market_data, which exists only with an engine
+        signature = signature.replace(parameters=[*signature.parameters.values(), _store_as_parameter()])
+    tool.__signature__ = signature  # type: ignore[attr-defined]
     return tool
 
 
-def register_rest_tools(server: MCPServer, rest: RestClient, settings: Settings) -> None:
-    """Register the REST tools of the toolsets in settings.toolsets."""
+def register_rest_tools(
+    server: MCPServer, rest: RestClient, settings: Settings, *, store: TableStore | None = None
+) -> None:
+    """Register the REST tools of the toolsets in settings.toolsets; with `store`, each takes `store_as`."""
     for endpoint in load_endpoints():
         if endpoint.toolset not in settings.toolsets:
             continue
         server.add_tool(
-            _make_tool(endpoint, rest, settings),
+            _make_tool(endpoint, rest, settings, store),
             name=endpoint.name,
+            title=endpoint.title,
             description=describe(endpoint),
             annotations=_ANNOTATIONS,
             structured_output=False,

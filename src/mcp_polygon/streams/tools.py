@@ -13,10 +13,12 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from mcp_polygon.config import Settings
@@ -46,6 +48,9 @@ from mcp_polygon.streams.manager import (
 from mcp_polygon.streams.markets import MARKETS, Market
 from mcp_polygon.streams.protocol import AuthState
 from mcp_polygon.streams.recorder import RecordingState, ReplayResult
+
+if TYPE_CHECKING:  # streams/shared.py (and redis) load only with POLYGON_REDIS_URL set
+    from mcp_polygon.streams.shared import SharedChange, SharedPicture
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +135,10 @@ STATE_TEXTS = {
 }
 
 
+# streams/shared.py's FeedRole values (by value: that module is not imported on the embedded default's path)
+_ROLE_TEXTS = {"owner": "owner", "reader": "reader", "off": "not started here"}
+
+
 def _state_text(state: ConnectionState) -> str:
     return STATE_TEXTS[state]
 
@@ -173,6 +182,8 @@ class _Tools:
     # -- control ---------------------------------------------------------------------------------------------
 
     async def start(self, channels: list[str] | str, endpoint: str | None) -> str:
+        if self.manager.shared is not None:
+            return self._shared_change(await self.manager.shared.start(self.m, channels, endpoint), "wanted")
         o = await self.manager.start(self.m, channels, endpoint)
         lines = self._head()
         shown_endpoint = self._shown(o.endpoint)
@@ -207,6 +218,9 @@ class _Tools:
         return self.manager.stream(self.m)
 
     async def stop(self) -> str:
+        if self.manager.shared is not None:
+            await self.manager.shared.stop(self.m)
+            return self._shared_stopped(await self.manager.shared.picture(self.m))
         was = await self.manager.stop(self.m)
         b = self._stream().buffer_status()
         state = "stopped; connection closed" if was else "was not running"
@@ -220,6 +234,8 @@ class _Tools:
         )
 
     async def subscribe(self, channels: list[str] | str) -> str:
+        if self.manager.shared is not None:
+            return self._shared_change(await self.manager.shared.subscribe(self.m, channels), "wanted")
         o = await self.manager.subscribe(self.m, channels)
         lines = [*self._head(), f"{self.m} stream: {_state_text(o.state)}."]
         if o.already:
@@ -228,6 +244,8 @@ class _Tools:
         return "\n".join(lines)
 
     async def unsubscribe(self, channels: list[str] | str) -> str:
+        if self.manager.shared is not None:
+            return self._shared_change(await self.manager.shared.unsubscribe(self.m, channels), "no longer wanted")
         o = await self.manager.unsubscribe(self.m, channels)
         lines = [*self._head()]
         if o.acknowledged:
@@ -241,6 +259,9 @@ class _Tools:
         return "\n".join(lines)
 
     async def list_subscriptions(self) -> str:
+        if self.manager.shared is not None:
+            picture = await self.manager.shared.picture(self.m)
+            return "\n".join([*self._head(), *self._shared_lines(picture, wants=True)])
         subs = self.manager.subscriptions(self.m)
         lines = [*self._head(), f"{self.m} subscriptions ({subs.total}), stream {_state_text(subs.state)}:"]
         if not subs.groups:
@@ -262,6 +283,8 @@ class _Tools:
     async def status(self) -> str:
         s = self.manager.status(self.m)
         lines = self._head()
+        if self.manager.shared is not None:  # who holds the socket first: in a reader "idle" is the normal state
+            lines += self._shared_lines(await self.manager.shared.picture(self.m), wants=False)
         lines.append(f"{self.m} stream: {_state_text(s.state)}; endpoint {self._shown(s.endpoint)}")
         lines += self._retry_lines(s)
         lines.append(self._subscriptions_line(s))
@@ -285,6 +308,61 @@ class _Tools:
         lines.append(f"recording: {s.recording.describe()}")  # the same words replay uses
         lines.append(f"now: {iso(s.at, ms=False)}")
         return "\n".join(lines)
+
+    # -- the shared feed (POLYGON_REDIS_URL) ------------------------------------------------------------------
+
+    def _shared_lines(self, p: "SharedPicture", *, wants: bool) -> list[str]:
+        """Who holds the upstream socket, this process's part, and (wants=True) who wants what."""
+        m = self.m
+        lines: list[str] = []
+        if p.redis_error:
+            lines.append(self._shown(p.redis_error, 400))
+        if p.owner is None:
+            owner = "nobody holds the upstream socket right now (a process with wants takes it within 3 s)"
+        elif p.owner == p.process:
+            owner = f"this process ({self._shown(p.owner)}) holds the upstream socket"
+        else:
+            owner = f"process {self._shown(p.owner)} holds the upstream socket; this process reads the shared stream"
+        role = _ROLE_TEXTS[p.role.value]
+        lines.append(f"shared feed (Redis): {owner}; this process: {role}.")
+        if p.head is not None and p.head.head_seq:
+            lines.append(f"shared stream: seq {p.head.oldest_seq or 0}-{p.head.head_seq} ({p.head.frames} frames held)")
+        if p.resets:
+            lines.append(f"Redis came back empty {p.resets} time(s): seq numbers started again from 1.")
+        here = self._list(p.wanted_here) if p.wanted_here else "nothing"
+        lines.append(f"wanted by this process: {here}")
+        if wants:
+            union = self._list(p.union) if p.union else f"none. Start with start_{m}_stream(channels=[...])."
+            lines.append(f"upstream subscriptions (the union of every live process's wants, {len(p.union)}): {union}")
+            for w in p.wants:
+                mark = " (this process)" if w.process == p.process else ""
+                lines.append(f"- {self._shown(w.process, 100)}{mark}: {self._list(sorted(w.channels))}")
+        return lines
+
+    def _shared_change(self, c: "SharedChange", verb: str) -> str:
+        lines = [*self._head(), *self._shared_lines(c.picture, wants=False)]
+        if c.requested:
+            lines.append(f"{verb} by this process: {self._list(c.requested)}")
+        if c.acknowledged:
+            lines.append(f"acknowledged upstream: {self._list(c.acknowledged)}")
+        if c.rejected:
+            lines.append(f"REJECTED by the server: {self._list(c.rejected, 40, '; ')}")
+        if c.unknown:
+            lines.append(f"not wanted by this process (nothing to do): {self._list(c.unknown)}")
+        lines.append(
+            f"next: get_{self.m}_stream_messages(since_seq={c.head_seq}) returns only newer events (seq numbers are "
+            "the same in every process)."
+        )
+        return "\n".join(lines)
+
+    def _shared_stopped(self, p: "SharedPicture") -> str:
+        b = self._stream().buffer_status()
+        return "\n".join([
+            *self._head(), *self._shared_lines(p, wants=False),
+            f"{self.m} stream stopped in this process: its wants are withdrawn (channels another process wants stay "
+            f"subscribed upstream). The buffer stays readable: {b.size} events (seq {b.oldest_seq or 0}-"
+            f"{b.newest_seq}) via get_{self.m}_stream_messages.",
+        ])  # fmt: skip
 
     def _retry_lines(self, s: StreamStatus) -> list[str]:
         retry_at = s.connection.retry_at
@@ -590,14 +668,216 @@ def _channels_help(market: Market) -> str:
     prefixes = ", ".join(f"{p} {e.title}" for p, e in market.events.items())
     no_wild = [p for p, e in market.events.items() if not e.wildcard]
     extra = f" {', '.join(no_wild)} takes no '*'." if no_wild else ""
-    return f"Channels '<PREFIX>.<ticker>' or '<PREFIX>.*': {prefixes}. Ticker e.g. {market.ticker_example}.{extra}"
+    return f"{prefixes}; e.g. {market.prefixes[0]}.{market.ticker_example}.{extra}"
+
+
+StreamMarket = Literal["stocks", "options", "futures", "indices", "forex", "crypto"]  # config.STREAM_MARKETS
+
+# What a client may assume of each kind of stream tool (MCP tool annotations). Reads look only at this process's
+# buffer, recordings and state (closed world); the control verbs talk to the vendor's socket (open world), and
+# repeating one leaves the stream as the first call did (idempotent). Stopping and unsubscribing remove
+# subscriptions, which is what destructive means here; nothing else deletes anything.
+_READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+_ADDS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+_REMOVES = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=True)
+
+
+@dataclass(frozen=True)
+class StreamVerb:
+    """One of the 8 stream tools, registered per market (`start_crypto_stream`) in the full profile and once with a
+    `market` argument (`start_stream`) in the compact one; `{m}` in the templates is the market's name."""
+
+    verb: str
+    per_market: str
+    title: str
+    description: str
+    annotations: ToolAnnotations
+
+    def name_for(self, market: str) -> str:
+        return self.per_market.format(m=market)
+
+
+VERBS = (
+    StreamVerb(
+        "start_stream",
+        "start_{m}_stream",
+        "Start {m} stream",
+        "Start the live {m} stream (one shared connection) and subscribe; idempotent. Says which channels "
+        "were acknowledged or rejected.",
+        _ADDS,
+    ),
+    StreamVerb(
+        "stop_stream",
+        "stop_{m}_stream",
+        "Stop {m} stream",
+        "Close the {m} stream and clear its subscriptions; buffered events stay readable.",
+        _REMOVES,
+    ),
+    StreamVerb(
+        "get_stream_status",
+        "get_{m}_stream_status",
+        "Get {m} stream status",
+        "State of the {m} stream: connection, subscriptions (acknowledged/pending/rejected), event counts and "
+        "rate, buffer fill, reconnects, last server status and error.",
+        _READ,
+    ),
+    StreamVerb(
+        "subscribe_channels",
+        "subscribe_{m}_channels",
+        "Subscribe {m} channels",
+        "Add channels to the running {m} stream.",
+        _ADDS,
+    ),
+    StreamVerb(
+        "unsubscribe_channels",
+        "unsubscribe_{m}_channels",
+        "Unsubscribe {m} channels",
+        "Remove channels from the {m} stream.",
+        _REMOVES,
+    ),
+    StreamVerb(
+        "list_subscriptions",
+        "list_{m}_subscriptions",
+        "List {m} subscriptions",
+        "The {m} stream's channels, grouped by channel type.",
+        _READ,
+    ),
+    StreamVerb(
+        "get_stream_messages",
+        "get_{m}_stream_messages",
+        "Read {m} stream events",
+        "Buffered {m} events, oldest first. Without since_seq: the newest `limit`; with since_seq: only newer "
+        "events, gaps reported.",
+        _READ,
+    ),
+    StreamVerb(
+        "replay_stream_messages",
+        "replay_{m}_stream_messages",
+        "Replay {m} stream events",
+        "Recorded {m} events from disk between two receive times, oldest first.",
+        _READ,
+    ),
+)
+STREAM_VERBS = tuple(verb.verb for verb in VERBS)
+
+
+def _add_verb_tools(
+    server: MCPServer,
+    fns: dict[str, Callable[..., Awaitable[str]]],
+    market: str,
+    settings: Settings,
+    redact: Redactor,
+) -> None:
+    """Register `fns` (one per verb) under the names, titles and annotations of VERBS for `market`."""
+    sim = " Data is SIMULATED (built-in simulator)." if settings.simulated else ""
+    for verb in VERBS:
+        name = verb.name_for(market) if market else verb.verb
+        description = verb.description.format(m=market or "market") + (sim if verb.verb == "start_stream" else "")
+        server.add_tool(
+            _guard(fns[verb.verb], name, redact, settings.max_response_chars),
+            name=name,
+            title=verb.title.format(m=market or "market"),
+            description=description,
+            annotations=verb.annotations,
+            structured_output=False,
+        )
 
 
 def register_stream_tools(server: MCPServer, manager: StreamManager, settings: Settings) -> None:
+    """The 8 stream tools of every market in settings.stream_markets (the full profile)."""
     redact = manager.redact  # one Redactor for the streams, shared with the manager's own error messages
     for name in settings.stream_markets:
         market = MARKETS[name]
         _register_market(server, manager, settings, market, redact)
+
+
+def _all_channels_help(markets: Sequence[Market]) -> str:
+    per_market = []
+    for market in markets:
+        no_wild = [p for p, e in market.events.items() if not e.wildcard]
+        extra = f", {'/'.join(no_wild)} without '*'" if no_wild else ""
+        per_market.append(f"{market.name} {' '.join(market.prefixes)} ({market.ticker_example}{extra})")
+    return "'<PREFIX>.<ticker>' or '<PREFIX>.*'; prefixes (ticker form): " + "; ".join(per_market)
+
+
+def register_market_verb_tools(server: MCPServer, manager: StreamManager, settings: Settings) -> None:
+    """The 8 stream verbs once, with a `market` argument (the compact profile). Each call runs the same
+    per-market implementation (`_Tools`) as the full profile's tool of that market, so the answers are the same."""
+    redact = manager.redact
+    tools = {name: _Tools(manager, settings, MARKETS[name]) for name in settings.stream_markets}
+
+    def pick(market: str) -> _Tools:
+        chosen = tools.get(market)
+        if chosen is None:
+            raise ToolError(
+                f"The {market} stream is not loaded by this server (POLYGON_TOOLSETS); use one of: {', '.join(tools)}."
+            )
+        return chosen
+
+    Channels = Annotated[list[str] | str, Field(description=_all_channels_help([MARKETS[m] for m in tools]))]
+    # Said once, on start_stream: the prefixes of six markets are the longest text of the compact profile.
+    MoreChannels = Annotated[list[str] | str, Field(description="forms as for start_stream, e.g. ['T.AAPL']")]
+    Filter = Annotated[str | None, Field(description="channels to keep, comma separated: 'T.AAPL', 'T.*', '*.AAPL'")]
+    Format = Annotated[str, Field(description="'csv' or 'json' (raw fields)")]
+    Time = str | int | float
+    TimeHelp = "ISO 8601, Unix s/ms/ns, or relative like -5m"
+
+    async def start_stream(
+        market: StreamMarket,
+        channels: Channels,
+        endpoint: Annotated[
+            str | None,
+            Field(description="feed: omit for the configured one; 'realtime', 'delayed', 'business', or a wss:// URL"),
+        ] = None,
+    ) -> str:
+        return await pick(market).start(channels, endpoint)
+
+    async def stop_stream(market: StreamMarket) -> str:
+        return await pick(market).stop()
+
+    async def get_stream_status(market: StreamMarket) -> str:
+        return await pick(market).status()
+
+    async def subscribe_channels(market: StreamMarket, channels: MoreChannels) -> str:
+        return await pick(market).subscribe(channels)
+
+    async def unsubscribe_channels(market: StreamMarket, channels: MoreChannels) -> str:
+        return await pick(market).unsubscribe(channels)
+
+    async def list_subscriptions(market: StreamMarket) -> str:
+        return await pick(market).list_subscriptions()
+
+    async def get_stream_messages(
+        market: StreamMarket,
+        limit: Annotated[int, Field(description=f"max events (1-{MAX_LIMIT})")] = 100,
+        channel_filter: Filter = None,
+        since_timestamp: Annotated[Time | None, Field(description=f"received at/after: {TimeHelp}")] = None,
+        since_seq: Annotated[int | None, Field(description="`next since_seq` of the last call", le=MAX_SEQ)] = None,
+        format: Format = "csv",
+    ) -> str:
+        return await pick(market).messages(limit, channel_filter, since_timestamp, since_seq, format)
+
+    async def replay_stream_messages(
+        market: StreamMarket,
+        from_timestamp: Annotated[Time, Field(description=f"window start (receive time): {TimeHelp}")],
+        to_timestamp: Annotated[Time | None, Field(description="window end; default now")] = None,
+        channel_filter: Filter = None,
+        format: Format = "csv",
+        limit: Annotated[int, Field(description=f"max events (1-{MAX_LIMIT})")] = 1000,
+    ) -> str:
+        return await pick(market).replay(from_timestamp, to_timestamp, channel_filter, format, limit)
+
+    fns: dict[str, Callable[..., Awaitable[str]]] = {
+        "start_stream": start_stream,
+        "stop_stream": stop_stream,
+        "get_stream_status": get_stream_status,
+        "subscribe_channels": subscribe_channels,
+        "unsubscribe_channels": unsubscribe_channels,
+        "list_subscriptions": list_subscriptions,
+        "get_stream_messages": get_stream_messages,
+        "replay_stream_messages": replay_stream_messages,
+    }
+    _add_verb_tools(server, fns, "", settings, redact)
 
 
 def _register_market(
@@ -608,16 +888,13 @@ def _register_market(
     example = f"{market.prefixes[0]}.{market.ticker_example}"
     Channels = Annotated[
         list[str] | str,
-        Field(description=f"e.g. ['{example}', '{market.prefixes[0]}.*']. {_channels_help(market)}"),
+        Field(description=_channels_help(market)),
     ]
     Filter = Annotated[
         str | None,
-        Field(
-            description=f"keep only these channels, comma separated: '{example}', '{market.prefixes[0]}.*', "
-            f"'*.{market.ticker_example}'"
-        ),
+        Field(description=f"e.g. '{example}', '{market.prefixes[0]}.*', '*.{market.ticker_example}'"),
     ]
-    Format = Annotated[str, Field(description="'csv' (compact, one section per event type) or 'json' (raw fields)")]
+    Format = Annotated[str, Field(description="'csv' or 'json'")]
     exchanges = ", or one exchange: " + ", ".join(f"'{x}'" for x in FUTURES_EXCHANGES) if m == "futures" else ""
 
     async def start_stream(
@@ -625,10 +902,8 @@ def _register_market(
         endpoint: Annotated[
             str | None,
             Field(
-                description="optional feed; omit for the configured one (every call). 'realtime', 'delayed' "
-                f"(15-min delayed) or 'business'{exchanges}; or a wss:// URL on socket., delayed. or "
-                f"business.massive.com (or .polygon.io), like wss://delayed.massive.com (market path appended) "
-                f"or wss://socket.massive.com/{market.path}; ws:// only on 127.0.0.1/localhost"
+                description=f"omit for the configured feed; 'realtime', 'delayed', 'business'{exchanges}, or a "
+                "vendor wss:// URL"
             ),
         ] = None,
     ) -> str:
@@ -654,20 +929,18 @@ def _register_market(
         channel_filter: Filter = None,
         since_timestamp: Annotated[
             str | int | float | None,
-            Field(description="only events received at/after this: ISO 8601, Unix s/ms/ns, or relative like -5m"),
+            Field(description="received at/after this time"),
         ] = None,
         since_seq: Annotated[
             int | None,
-            Field(description="only events after this seq: pass `next since_seq` from the last call", le=MAX_SEQ),
+            Field(description="`next since_seq` of the last answer", le=MAX_SEQ),
         ] = None,
         format: Format = "csv",
     ) -> str:
         return await t.messages(limit, channel_filter, since_timestamp, since_seq, format)
 
     async def replay_stream_messages(
-        from_timestamp: Annotated[
-            str | int | float, Field(description="window start (receive time): ISO 8601, Unix s/ms/ns, or -15m")
-        ],
+        from_timestamp: Annotated[str | int | float, Field(description="window start (receive time)")],
         to_timestamp: Annotated[str | int | float | None, Field(description="window end; default now")] = None,
         channel_filter: Filter = None,
         format: Format = "csv",
@@ -675,45 +948,14 @@ def _register_market(
     ) -> str:
         return await t.replay(from_timestamp, to_timestamp, channel_filter, format, limit)
 
-    sim = " Data is SIMULATED (built-in simulator)." if settings.simulated else ""
-    specs: list[tuple[str, Callable[..., Awaitable[str]], str]] = [
-        (
-            f"start_{m}_stream",
-            start_stream,
-            f"Start the live {m} WebSocket stream (one shared connection) and subscribe to channels; idempotent. "
-            f"Returns auth result and which channels the server acknowledged or rejected.{sim}",
-        ),
-        (
-            f"stop_{m}_stream",
-            stop_stream,
-            f"Close the {m} stream and clear its subscriptions; buffered events stay readable.",
-        ),
-        (
-            f"get_{m}_stream_status",
-            get_stream_status,
-            f"State of the {m} stream: connection, subscriptions (acknowledged/pending/rejected), event counts and "
-            "rate, buffer fill, reconnects, last server status and error.",
-        ),
-        (f"subscribe_{m}_channels", subscribe_channels, f"Add channels to the running {m} stream."),
-        (f"unsubscribe_{m}_channels", unsubscribe_channels, f"Remove channels from the {m} stream."),
-        (f"list_{m}_subscriptions", list_subscriptions, f"The {m} stream's channels, grouped by channel type."),
-        (
-            f"get_{m}_stream_messages",
-            get_stream_messages,
-            f"Buffered {m} events, oldest first, as CSV (one section per event type) or JSON. Without since_seq: "
-            "the newest `limit`. With since_seq (from the previous response's `next since_seq=N`): only newer "
-            "events, no duplicates; gaps from buffer overwrites are reported.",
-        ),
-        (
-            f"replay_{m}_stream_messages",
-            replay_stream_messages,
-            f"Recorded {m} events from disk between two receive times (survives restarts), oldest first.",
-        ),
-    ]
-    for tool_name, fn, description in specs:
-        server.add_tool(
-            _guard(fn, tool_name, redact, settings.max_response_chars),
-            name=tool_name,
-            description=description,
-            structured_output=False,
-        )
+    fns: dict[str, Callable[..., Awaitable[str]]] = {
+        "start_stream": start_stream,
+        "stop_stream": stop_stream,
+        "get_stream_status": get_stream_status,
+        "subscribe_channels": subscribe_channels,
+        "unsubscribe_channels": unsubscribe_channels,
+        "list_subscriptions": list_subscriptions,
+        "get_stream_messages": get_stream_messages,
+        "replay_stream_messages": replay_stream_messages,
+    }
+    _add_verb_tools(server, fns, m, settings, redact)

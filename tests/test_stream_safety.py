@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from conftest import mcp_session, text_of
+from conftest import call, mcp_session, ok
 from mcp_polygon.config import Settings
 from mcp_polygon.redaction import Redactor
 from mcp_polygon.server import App, build_app
@@ -25,17 +25,6 @@ from mcp_polygon.streams.markets import MARKETS
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.with_overrides(simulated=True)
-
-
-async def call(client, name: str, **arguments) -> tuple[str, bool]:
-    result = await client.call_tool(name, arguments)
-    return text_of(result), result.is_error
-
-
-async def ok(client, name: str, **arguments) -> str:
-    text, err = await call(client, name, **arguments)
-    assert not err, f"{name} failed: {text}"
-    return text
 
 
 def status_endpoint(status: str) -> str:

@@ -5,16 +5,14 @@ Timing: every wait polls with a deadline; nothing asserts on a duration except "
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
-from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
 import orjson
 import pytest
 
-from conftest import mcp_session, text_of
+from conftest import call, mcp_session, ok, until
 from mcp_polygon.config import STREAM_MARKETS, Settings
 from mcp_polygon.server import build_app
 from mcp_polygon.streams.connection import ConnectionState
@@ -34,30 +32,6 @@ CASES = {
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.with_overrides(simulated=True)
-
-
-async def call(client, name: str, **arguments) -> tuple[str, bool]:
-    result = await client.call_tool(name, arguments)
-    return text_of(result), result.is_error
-
-
-async def ok(client, name: str, **arguments) -> str:
-    text, err = await call(client, name, **arguments)
-    assert not err, f"{name} failed: {text}"
-    return text
-
-
-async def until(predicate: Callable[[], object], seconds: float = 10.0, every: float = 0.05):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(every)
 
 
 def next_seq(text: str) -> int:

@@ -132,6 +132,33 @@ def test_buffer_only_follows_the_ring(engine):
     assert engine.query_sync(TRADES_SQL, live=live([])).rows == ()
 
 
+def test_a_ring_that_moved_past_everything_parsed_replaces_the_live_rows(engine):
+    frames = make_frames(300)
+    for window in (frames[:50], frames[100:150], frames[120:170], frames[250:300], frames[250:300]):
+        assert per_symbol(engine.query_sync(TRADES_SQL, live=live(window))) == trades_by_symbol(window)
+
+
+def test_views_take_in_the_recordings_that_appear_after_buffer_only_queries(tmp_path):
+    data = tmp_path / "data"
+    frames = make_frames(400)
+    engine = QueryEngine(data, markets=["stocks"])
+    recorder = None
+    try:
+        buffered = live(frames[300:])
+        assert per_symbol(engine.query_sync(TRADES_SQL, live=buffered)) == trades_by_symbol(frames[300:])
+        recorder = record(data, frames)  # JSONL segments appear: the views must read the tail table again
+        assert per_symbol(engine.query_sync(TRADES_SQL, live=buffered)) == trades_by_symbol(frames)
+        recorder.close()
+        for segment in pending_segments(data / "stocks"):
+            compact_segment(segment)
+        assert not pending_segments(data / "stocks")
+        assert per_symbol(engine.query_sync(TRADES_SQL, live=buffered)) == trades_by_symbol(frames)
+    finally:
+        engine.close()
+        if recorder is not None:
+            recorder.close()
+
+
 def test_a_file_deleted_by_retention_drops_out_of_the_views(tmp_path):
     data = tmp_path / "data"
     frames = make_frames(300)

@@ -13,9 +13,10 @@ import tracemalloc
 import orjson
 import pytest
 
-from mcp_polygon.streams.buffer import DecodedFrame, MessageBuffer, PairPicker, ReadResult, decode_frame
+from mcp_polygon.streams.buffer import DecodedFrame, MessageBuffer, PairPicker, ReadResult, decode_frame, laid_out
 from mcp_polygon.streams.formatting import TimeFormatError, parse_time_ns
 from mcp_polygon.streams.markets import MARKETS
+from mcp_polygon.streams.protocol import ProtocolSession
 from mcp_polygon.streams.query import Direction, ReadPlan, parse_filter, read_plan
 
 STOCKS = MARKETS["stocks"]
@@ -165,6 +166,23 @@ def random_frame(rng: random.Random) -> tuple[bytes, int]:
     return orjson.dumps(events), len(events)
 
 
+def proven_flat(raw: bytes, count: int) -> bool:
+    """The flag the protocol gives these bytes when its fast path takes them as they are."""
+    frame = ProtocolSession(None).receive(raw, 0)
+    return frame.flat and frame.raw == raw and frame.count == count
+
+
+def test_what_the_protocol_proves_flat_is_laid_out():
+    rng = random.Random(5)
+    proven = 0
+    for _ in range(3000):
+        raw, count = random_frame(rng)
+        if proven_flat(raw, count):
+            proven += 1
+            assert laid_out(raw, count), raw
+    assert proven > 1000  # most frames take the fast path
+
+
 def random_bounds(rng: random.Random, buf: MessageBuffer, times: list[float]) -> dict:
     bounds: dict = {}
     roll = rng.random()
@@ -202,7 +220,7 @@ def test_reads_equal_the_naive_reference(seed):
         for _ in range(rng.randint(1, 6)):
             t += rng.choice([0.0, 0.0, 0.25, 0.5, 1.0, -0.5])  # -0.5: the wall clock stepped back
             raw, count = random_frame(rng)
-            buf.append(raw, count, t)
+            buf.append(raw, count, t, flat=proven_flat(raw, count))  # as MarketStream.ingest appends
             ref.append(raw, count, t)
             times.append(max(t, times[-1]) if times else t)
         for _ in range(rng.randint(1, 5)):
@@ -447,7 +465,9 @@ def test_a_second_read_decodes_nothing(monkeypatch):
     assert [s for s, _, _ in first] == list(range(6, 21))
     picks, decodes = [], []
     real_pick, real_decode = PairPicker.pick, buffer_module.decode_frame
-    monkeypatch.setattr(PairPicker, "pick", lambda self, raw, n: picks.append(n) or real_pick(self, raw, n))
+    monkeypatch.setattr(
+        PairPicker, "pick", lambda self, raw, n, flat=False: picks.append(n) or real_pick(self, raw, n, flat)
+    )
     monkeypatch.setattr(buffer_module, "decode_frame", lambda raw, n: decodes.append(n) or real_decode(raw, n))
     assert read(b, "T.AAPL").events == first and picks == decodes == []  # the picks were kept
     assert len(read(b, "*").events) == 20 and decodes == [10, 10]  # a plan they do not cover decodes whole

@@ -15,6 +15,7 @@ events of a frame whose bytes can match (PairPicker), and the cache keeps those.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from heapq import heappop, heappush
@@ -31,8 +32,8 @@ _recv_time = attrgetter("time")
 _DICT_ONLY = {dict}
 # How the vendor (and orjson) write a frame of events: `[{"ev":"T",...},{"ev":"Q",...}]`.
 _EV_START = b'{"ev":"'
+_EV_START_RE = re.escape(_EV_START)
 _FRAME_START = b'[{"ev":"'
-_EVENT_SEPARATOR = b'},{"ev":"'
 
 Row = tuple[int, float, Event]  # (seq, receive time in Unix seconds, raw event)
 
@@ -63,6 +64,7 @@ class StoredFrame(NamedTuple):
     # Its exact stamp, Unix ns: the recorder's when it records (strictly increasing, event k at recv_ns + k), so the
     # query engine can tell a buffered frame already on disk from one not yet written.
     recv_ns: int = 0
+    flat: bool = False  # the protocol proved it `laid_out` on receipt: a pair read need not check it again
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,22 +159,35 @@ class DecodeCache:
 # -- partial decoding ---------------------------------------------------------------------------------------------
 
 
+def laid_out(raw: bytes, count: int) -> bool:
+    """Whether `raw` holds exactly `count` flat objects, each starting `{"ev":"`, in `[...]` (what
+    ProtocolSession.receive proves on its fast path, here for a frame it did not prove): then every `{` starts an
+    event, and no `{` or `"ev":"` hides in a string (see PairPicker)."""
+    return (
+        raw.startswith(_FRAME_START)
+        and raw.endswith(b"}]")
+        and raw.count(b"{") == count
+        and raw.count(_EV_START) == count
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class PairPicker:
     """Decodes only the events of one (ev, ticker) pair in a raw frame.
 
     Decoding costs ~1 us per event, so a `T.AAPL` read that decoded every event of a mixed feed would spend most
     of its time on events it drops (bench/reads.py shows the cold read's target needs this). The cut uses the
-    protocol's own argument (ProtocolSession.receive): in valid JSON a `{` cannot be followed by `"ev":"` inside a
-    string, so a frame that starts with `[{"ev":"`, ends with `}]`, holds exactly `count` `{` and splits at
-    `},{"ev":"` into exactly `count` pieces is cut by those splits into its events, each a flat object whose first
-    key is `ev`. Only the pieces of the wanted type that also hold the ticker's bytes are decoded.
+    protocol's own argument (ProtocolSession.receive): in a frame laid out as `laid_out` says, every `{` opens an
+    event and none hides in a string, so an event runs from its `{` to the next `{` (or the frame's end), and one
+    regex over the frame finds, at C speed, each event of the wanted type that holds the ticker's bytes. Those are
+    decoded in one call; the plan decides which match.
     """
 
     pair: Pair
     pairs: frozenset[Pair]  # {pair}, made once: what a cache entry of its picks covers
-    tag: bytes  # b'T"': how a piece (an event after its `{"ev":"`) of the wanted type starts
-    needle: bytes  # b'"AAPL"': the ticker as it appears in the bytes
+    # `{"ev":"T"` then, within the same event (no `{`), `"AAPL"`, then the rest of the event up to the next `{`:
+    # the match ends with the `,` before the next event or the frame's closing `]`.
+    candidates: re.Pattern[bytes]
 
     @staticmethod
     def for_plan(plan: ReadPlan) -> PairPicker | None:
@@ -180,32 +195,33 @@ class PairPicker:
         pair = plan.pair
         if pair is None or not (plain(pair[0]) and plain(pair[1])):
             return None
-        ev, ticker = pair
-        return PairPicker(pair, frozenset((pair,)), ev.encode() + b'"', b'"' + ticker.encode() + b'"')
+        ev, ticker = (re.escape(name.encode()) for name in pair)
+        pattern = re.compile(_EV_START_RE + ev + rb'"[^{]*"' + ticker + rb'"[^{]*')
+        return PairPicker(pair, frozenset((pair,)), pattern)
 
-    def pick(self, raw: bytes, count: int) -> dict[int, Event] | None:
+    def pick(self, raw: bytes, count: int, flat: bool = False) -> dict[int, Event] | None:
         """{position: event} of every event of the frame that can be of the pair (its type, with the ticker's
-        bytes somewhere in it), ascending: the plan decides which match. None when the frame is not laid out as
-        above (whitespace, other key orders, nested objects, a `{` in a string, stray entries): the caller
-        decodes it whole.
+        bytes somewhere in it), ascending. `flat`: the protocol proved the layout (laid_out) when it received the
+        frame. None when the frame is not laid out so (whitespace, other key orders, nested objects, a `{` in a
+        string, stray entries) or a picked event is not valid JSON: the caller decodes it whole.
 
         One difference remains: a frame whose wanted events are valid JSON but whose other bytes are not yields
         those events here, where decoding it whole yields none (the protocol only lets such a frame through if
         the vendor sends broken JSON).
         """
-        if not (raw.startswith(_FRAME_START) and raw.endswith(b"}]")) or raw.count(b"{") != count:
+        if not (flat or laid_out(raw, count)):
             return None
-        pieces = raw[len(_FRAME_START) : -2].split(_EVENT_SEPARATOR)
-        if len(pieces) != count:
+        matches = list(self.candidates.finditer(raw))
+        if not matches:
+            return {}
+        try:
+            events = _loads(b"[" + b",".join([m[0][:-1] for m in matches]) + b"]")
+        except orjson.JSONDecodeError:
             return None
-        tag, needle = self.tag, self.needle
-        found: dict[int, Event] = {}
-        for k in [k for k, piece in enumerate(pieces) if piece.startswith(tag) and needle in piece]:
-            try:
-                found[k] = _loads(_EV_START + pieces[k] + b"}")  # one flat object: a dict
-            except orjson.JSONDecodeError:
-                return None
-        return found
+        if len(events) != len(matches):  # a stray entry (`},5,{`) sits inside some match: not laid out after all
+            return None
+        braces = raw.count
+        return {braces(b"{", 0, m.start()): event for m, event in zip(matches, events, strict=True)}
 
 
 # -- the ring -----------------------------------------------------------------------------------------------------
@@ -248,11 +264,12 @@ class MessageBuffer:
 
     # -- writing -------------------------------------------------------------------------------------------
 
-    def append(self, raw: bytes, count: int, recv_time: float, recv_ns: int | None = None) -> int:
+    def append(self, raw: bytes, count: int, recv_time: float, recv_ns: int | None = None, flat: bool = False) -> int:
         """Add one frame of `count` events (raw = its JSON array). Returns the seq of its first event.
 
         recv_ns is the frame's stamp (the recorder's, when it records); without one it comes from recv_time. Stamps
-        are kept strictly increasing the way the recorder keeps them, which leaves the recorder's unchanged."""
+        are kept strictly increasing the way the recorder keeps them, which leaves the recorder's unchanged. `flat`
+        says the layout was proven (`laid_out`); False is always safe."""
         if recv_time < self._last_time:  # the wall clock stepped back: keep receive times monotonic
             recv_time = self._last_time
         self._last_time = recv_time
@@ -263,7 +280,7 @@ class MessageBuffer:
         first = self.head + 1
         self.head = last = self.head + count
         frames = self._frames
-        frames.append(StoredFrame(first, last, recv_time, raw, ns))
+        frames.append(StoredFrame(first, last, recv_time, raw, ns, flat))
         oldest = last - self.capacity + 1
         i = self._start
         if frames[i].last < oldest:
@@ -275,14 +292,14 @@ class MessageBuffer:
             self._start = i
         return first
 
-    def append_at(self, raw: bytes, count: int, recv_time: float, first_seq: int) -> bool:
+    def append_at(self, raw: bytes, count: int, recv_time: float, first_seq: int, flat: bool = False) -> bool:
         """Add one frame whose first event has seq `first_seq`, numbered elsewhere (the shared feed). Seqs skipped
         between the head and `first_seq` never arrive: reads report them in `gap`. A frame that starts at or before
         the head (already held) is ignored; returns whether the frame was added."""
         if first_seq <= self.head:
             return False
         self.head = first_seq - 1
-        self.append(raw, count, recv_time)
+        self.append(raw, count, recv_time, flat=flat)
         return True
 
     # -- state ---------------------------------------------------------------------------------------------
@@ -375,7 +392,7 @@ class MessageBuffer:
             return kept.events
         count = frame.last - frame.first + 1
         if picker is not None:
-            picked = picker.pick(frame.raw, count)
+            picked = picker.pick(frame.raw, count, frame.flat)
             if picked is not None:
                 entry = (
                     DecodedFrame.picked(picked, picker.pairs) if kept is None else kept.with_picks(picked, picker.pair)

@@ -422,7 +422,7 @@ class MarketStream:
         recorder = self.recorder
         # The buffer keeps the recorder's exact stamp: SQL counts a buffered frame only when it is not on disk yet.
         stamp = recv_ns if recorder is None else recorder.write(raw, frame.count, recv_ns)
-        self.buffer.append(raw, frame.count, t, stamp)
+        self.buffer.append(raw, frame.count, t, stamp, frame.flat)
         self.stats.add(counts, frame.count, t)
 
     def feed(self, data: bytes | str, recv_ns: int | None = None) -> Frame:

@@ -131,6 +131,8 @@ class Frame(NamedTuple):
     counts: EventCounts | None  # None exactly when raw is None
     statuses: list[StatusEvent]
     malformed: str | None  # why (part of) the frame was dropped, when it was
+    # raw is proven laid out as buffer.laid_out says (the fast path's proof below), so a pair read skips the check.
+    flat: bool = False
 
 
 _NO_STATUS: list[StatusEvent] = []
@@ -349,7 +351,7 @@ class ProtocolSession:
                 counts: Counter[bytes] = Counter(evs)
                 counts[first.group(1)] += 1
                 if b"status" not in counts:
-                    return Frame(data, n, counts, _NO_STATUS, None)
+                    return Frame(data, n, counts, _NO_STATUS, None, True)
         return self._receive_slow(data, now_ns / 1e9)
 
     def _receive_slow(self, received: bytes, now: float) -> Frame:

@@ -43,7 +43,7 @@ from mcp_polygon.sharedfeed import (
     SharedFrame,
     StreamHead,
 )
-from mcp_polygon.streams.buffer import MessageBuffer
+from mcp_polygon.streams.buffer import MessageBuffer, laid_out
 from mcp_polygon.streams.connection import Connection
 from mcp_polygon.streams.markets import ChannelError, check_limits
 from mcp_polygon.streams.protocol import AuthState, Frame, TopicStatus
@@ -259,7 +259,7 @@ class SharedMarket:
         buffer, stats = stream.buffer, stream.stats
         for frame in frames:
             t = frame.recv_ns / 1e9
-            if buffer.append_at(frame.raw, frame.count, t, frame.first_seq):
+            if buffer.append_at(frame.raw, frame.count, t, frame.first_seq, laid_out(frame.raw, frame.count)):
                 stats.add(count_event_types(frame.raw), frame.count, t)
         if frames:
             stream.pulse.notify()

@@ -29,6 +29,7 @@ SCRIPT = Path(sys.executable).with_name("mcp-polygon")
 MARKET = "stocks"
 CHANNEL = "T.AAPL"
 EXTRA = "T.MSFT"
+MARKER = "Q.NVDA"  # wanted after a change whose effect is an absence: once it is upstream, the owner has acted
 
 pytestmark = pytest.mark.skipif(not SCRIPT.exists(), reason="console script not installed (pip install -e .)")
 
@@ -213,7 +214,10 @@ async def test_a_channel_stays_while_another_process_wants_it(world: tuple[Simul
     assert "no longer wanted by this process" in text, text
     listing = await b.call(f"list_{MARKET}_subscriptions")
     assert EXTRA in listing and "(this process)" not in listing.split(EXTRA)[0].splitlines()[-1], listing
-    await asyncio.sleep(1.0)  # the owner polls the union every 0.25 s: a wrong unsubscribe would be done by now
+    # The owner follows the union in order: once a channel wanted after b's unsubscribe is upstream, the owner has
+    # acted on a union that already lacked b's want, so a wrong unsubscribe would have happened by then.
+    await c.call(f"subscribe_{MARKET}_channels", channels=MARKER)
+    await eventually(lambda: MARKER in sim.ws.subscriptions(MARKET), 5, "the marker subscribed upstream")
     assert EXTRA in sim.ws.subscriptions(MARKET), "a reader's unsubscribe removed a channel another still needs"
 
     await a.call(f"unsubscribe_{MARKET}_channels", channels=EXTRA)

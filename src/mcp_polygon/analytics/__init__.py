@@ -35,7 +35,7 @@ Wiring it in (what the recorder and the tools call)
         rename and unlink) must be read as JSONL. The lines kept are those recorder.judged_lines trusts (looked
         up at call time), so both paths hold the same events.
 
-    QueryEngine(data_dir, *, markets=None, timeout=10.0, memory_mb=1024, threads=2, live: LiveSource | None)
+    QueryEngine(data_dir, *, markets=None, timeout=10.0, memory_mb=1024, threads=cores-1, live: LiveSource | None)
     QueryEngine.from_settings(settings, live)       data_dir, stream_markets, query_timeout, query_memory_mb
         live(market) -> Sequence[LiveFrame(recv_ns, raw)] is called on the event loop before each query: the
         market's buffered frames, oldest first. recv_ns must be the stamp the Recorder wrote for that frame

@@ -197,6 +197,27 @@ def test_non_loopback_bind_without_a_token_refuses_to_start(tmp_path: Path):
     assert "POLYGON_HTTP_TOKEN" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+def test_a_port_in_use_is_one_sentence_and_exit_2(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [str(SCRIPT), "--simulate", "--transport", "http", "--port", str(port)],
+            env={"POLYGON_DATA_DIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        f"mcp-polygon: port {port} on 127.0.0.1 is already in use (another mcp-polygon?); stop that process or "
+        "pass --port with a free port."
+    ], done.stderr
+
+
 async def test_token_option_works_on_loopback_too(tmp_path: Path):
     servers = run_server(tmp_path, ["--token", TOKEN], {})
     server = next(servers)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from mcp_polygon import __version__
 from mcp_polygon.config import ConfigError, Settings, check_host, check_port, check_secret
 from mcp_polygon.redaction import RedactingFilter, Redactor, install_log_redaction
-from mcp_polygon.serving import serve_http, serve_stdio, shutdown_on_signals
+from mcp_polygon.serving import bind_http, serve_http, serve_stdio, shutdown_on_signals
 
 if TYPE_CHECKING:
     from mcp_polygon.http_guard import HttpAccess
@@ -103,13 +103,18 @@ async def _serve(args: argparse.Namespace, settings: Settings, access: HttpAcces
 
     # The exit stack is the one shutdown path: stdin closing, a signal, or an error all leave through it, so
     # recordings are flushed and sockets closed whichever way the server stops.
+    # The port is taken before anything starts: a port in use is a one-sentence ConfigError, not a half-started
+    # server that uvicorn stops with its own log lines.
+    sock = bind_http(access.bind_host, access.port) if access is not None else None
     with shutdown_on_signals() as stop:
         async with contextlib.AsyncExitStack() as stack:
+            if sock is not None:
+                stack.callback(sock.close)
             if args.simulate:
                 settings = await stack.enter_async_context(_simulated(settings))
             app = await stack.enter_async_context(build_app(settings))
-            if access is not None:
-                await serve_http(app.server, access, stop)
+            if access is not None and sock is not None:
+                await serve_http(app.server, access, stop, sock)
             else:
                 await serve_stdio(app.server, stop)
 
@@ -176,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_simulate(args))
         else:
             asyncio.run(_serve(args, settings, access))
+    except ConfigError as exc:  # what only trying could tell (a port in use)
+        sys.stderr.write(f"mcp-polygon: {exc}\n")
+        raise SystemExit(2) from None
     except KeyboardInterrupt:  # only before the signal handlers are in place
         raise SystemExit(130) from None
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, cast
+
+from mcp_polygon.config import ConfigError
 
 if TYPE_CHECKING:
     import anyio
@@ -160,8 +164,34 @@ async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -
             raise  # we are being cancelled ourselves, not just stopping the session
 
 
-async def serve_http(server: MCPServer, access: HttpAccess, stop: asyncio.Event) -> None:
-    """Serve streamable HTTP at /mcp until `stop` is set."""
+def bind_http(host: str, port: int) -> socket.socket:
+    """The listening socket for the HTTP transport, bound before anything starts; ConfigError in one sentence when
+    the address cannot be had (uvicorn would log its own lines and exit 1 after the server had started)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host} does not resolve to an address to bind ({exc.strerror}).") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use (another mcp-polygon?); stop that process or pass "
+                "--port with a free port."
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pass a --host and --port this machine can bind."
+        ) from None
+    return sock
+
+
+async def serve_http(server: MCPServer, access: HttpAccess, stop: asyncio.Event, sock: socket.socket) -> None:
+    """Serve streamable HTTP at /mcp on `sock` (from bind_http) until `stop` is set."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -192,6 +222,7 @@ async def serve_http(server: MCPServer, access: HttpAccess, stop: asyncio.Event)
     log.info("serving MCP over streamable HTTP at http://%s:%d/mcp", access.bind_host, access.port)
     watcher = asyncio.create_task(exit_when_stopped())
     try:
-        await uv.serve()
+        await uv.serve(sockets=[sock])
     finally:
         watcher.cancel()
+        sock.close()

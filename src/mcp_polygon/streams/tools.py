@@ -761,6 +761,15 @@ VERBS = (
 STREAM_VERBS = tuple(verb.verb for verb in VERBS)
 
 
+def _by_verb(*fns: Callable[..., Awaitable[str]]) -> dict[str, Callable[..., Awaitable[str]]]:
+    """The verb implementations by verb: each function is named after the verb it implements."""
+    table = {fn.__name__: fn for fn in fns}
+    missing = {verb.verb for verb in VERBS} - set(table)
+    if missing or len(table) != len(VERBS):
+        raise TypeError(f"stream verbs without exactly one implementation: {sorted(missing) or sorted(table)}")
+    return table
+
+
 def _add_verb_tools(
     server: MCPServer,
     fns: dict[str, Callable[..., Awaitable[str]]],
@@ -867,16 +876,10 @@ def register_market_verb_tools(server: MCPServer, manager: StreamManager, settin
     ) -> str:
         return await pick(market).replay(from_timestamp, to_timestamp, channel_filter, format, limit)
 
-    fns: dict[str, Callable[..., Awaitable[str]]] = {
-        "start_stream": start_stream,
-        "stop_stream": stop_stream,
-        "get_stream_status": get_stream_status,
-        "subscribe_channels": subscribe_channels,
-        "unsubscribe_channels": unsubscribe_channels,
-        "list_subscriptions": list_subscriptions,
-        "get_stream_messages": get_stream_messages,
-        "replay_stream_messages": replay_stream_messages,
-    }
+    fns = _by_verb(
+        start_stream, stop_stream, get_stream_status, subscribe_channels, unsubscribe_channels, list_subscriptions,
+        get_stream_messages, replay_stream_messages,
+    )  # fmt: skip
     _add_verb_tools(server, fns, "", settings, redact)
 
 
@@ -948,14 +951,8 @@ def _register_market(
     ) -> str:
         return await t.replay(from_timestamp, to_timestamp, channel_filter, format, limit)
 
-    fns: dict[str, Callable[..., Awaitable[str]]] = {
-        "start_stream": start_stream,
-        "stop_stream": stop_stream,
-        "get_stream_status": get_stream_status,
-        "subscribe_channels": subscribe_channels,
-        "unsubscribe_channels": unsubscribe_channels,
-        "list_subscriptions": list_subscriptions,
-        "get_stream_messages": get_stream_messages,
-        "replay_stream_messages": replay_stream_messages,
-    }
+    fns = _by_verb(
+        start_stream, stop_stream, get_stream_status, subscribe_channels, unsubscribe_channels, list_subscriptions,
+        get_stream_messages, replay_stream_messages,
+    )  # fmt: skip
     _add_verb_tools(server, fns, m, settings, redact)

@@ -250,6 +250,22 @@ def test_a_query_past_the_time_limit_is_interrupted_and_the_engine_carries_on(tm
         engine.close()
 
 
+def test_each_query_gets_its_own_time_limit_and_no_other_query_s_interrupt(tmp_path):
+    """One watchdog serves every query: a deadline armed for one query never stops the next, and each runaway
+    query is stopped at its own limit."""
+    engine = QueryEngine(tmp_path / "data", markets=["stocks"], timeout=0.2)
+    runaway = "SELECT count(*) FROM range(100000000000000) a, range(10) b"
+    try:
+        for _ in range(3):
+            with pytest.raises(QueryTimeout):
+                engine.query_sync(runaway)
+            quick = time.monotonic()
+            while time.monotonic() - quick < 0.5:  # past the 0.2 s a stale deadline would have fired at
+                assert engine.query_sync("SELECT count(*) FROM range(100000)").rows == ((100000,),)
+    finally:
+        engine.close()
+
+
 def test_the_memory_limit_is_enforced(tmp_path):
     engine = QueryEngine(tmp_path / "data", markets=["stocks"], memory_mb=64)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import duckdb
 import orjson
 import pytest
@@ -118,5 +120,33 @@ def test_a_damaged_saved_file_leaves_the_stream_views_working(data):
     engine = QueryEngine(data, markets=["stocks"])
     try:
         assert engine.query_sync("SELECT count(*) FROM stocks_trades").rows == ((0,),)
+    finally:
+        engine.close()
+
+
+def test_iso_times_are_saved_as_times_that_compare_and_join_with_the_stream_views(data):
+    engine = QueryEngine(data, markets=["stocks"])
+    columns = ["ticker", "sip_time", "day", "note"]
+    rows = [
+        ["AAPL", "2025-06-15T14:26:40.000000001Z", "2025-06-15", "2025-06-15T14:26:40Z"],
+        ["AAPL", "2025-06-15T14:26:41Z", None, "not a time"],
+    ]
+    try:
+        table = engine.save_sync("aapl_times", columns, rows).table
+        assert dict(zip(table.columns, table.types, strict=True)) == {
+            "ticker": "VARCHAR", "sip_time": "TIMESTAMP_NS", "day": "DATE", "note": "VARCHAR",
+        }  # fmt: skip
+        # Nanoseconds are kept, and the times compare with the views' TIMESTAMPs (received, timestamp).
+        first = engine.query_sync("SELECT epoch_ns(min(sip_time)) % 1000, max(day) FROM aapl_times", 10).rows
+        assert first == ((1, dt.date(2025, 6, 15)),)
+        recv_ns = 1_750_000_001 * 10**9  # 2025-06-15T14:26:41Z
+        trades = [LiveFrame(recv_ns, orjson.dumps([{"ev": "T", "sym": "AAPL", "p": 1.0, "s": 1, "t": 1}]))]
+        joined = engine.query_sync(
+            "SELECT count(*) FROM aapl_times a "
+            "JOIN stocks_trades t ON t.symbol = a.ticker AND a.sip_time <= t.received",
+            10,
+            {"stocks": trades},
+        )
+        assert joined.rows == ((2,),)
     finally:
         engine.close()

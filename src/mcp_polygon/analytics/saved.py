@@ -2,8 +2,9 @@
 
 The file is written here, by a short-lived connection of its own (opened, written, closed: DuckDB checkpoints on
 close), and read by the query engine, which attaches it READ_ONLY: queries stay read-only whatever they say.
-Column types come from the values (whole numbers BIGINT, other numbers DOUBLE, true/false BOOLEAN, text VARCHAR,
-lists and objects JSON); the rows reach DuckDB as one JSON document, parsed there in one call.
+Column types come from the values (whole numbers BIGINT, other numbers DOUBLE, true/false BOOLEAN, the ISO times
+REST answers carry (rest/columns.py writes them `2021-04-08T17:02:22.969834Z` or `2021-04-08`) TIMESTAMP_NS or DATE,
+other text VARCHAR, lists and objects JSON); the rows reach DuckDB as one JSON document, parsed there in one call.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ SAVED_FILE = "saved.duckdb"
 NAME_RULE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _SYSTEM_PREFIXES = ("duckdb_", "pg_", "sqlite_", "information_schema")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+# The times rest/columns.iso_time writes: UTC, down to the nanosecond (TIMESTAMP_NS keeps every digit), or a day.
+_ISO_MOMENT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z")
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,11 @@ def _column_type(values: Sequence[object]) -> str:
     if kinds <= {int, float}:
         return "DOUBLE"
     if kinds == {str}:
+        texts = [v for v in values if isinstance(v, str)]
+        if all(map(_ISO_MOMENT.fullmatch, texts)):
+            return "TIMESTAMP_NS"  # so a saved table compares and joins by time with the stream views
+        if all(map(_ISO_DAY.fullmatch, texts)):
+            return "DATE"
         return "VARCHAR"
     if kinds <= {list, tuple, dict}:
         return "JSON"

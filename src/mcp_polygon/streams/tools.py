@@ -77,7 +77,7 @@ def _guard(
             log.exception("tool %s failed", tool_name)
             raise ToolError(
                 f"{tool_name} failed unexpectedly ({type(exc).__name__}); the server log has details - "
-                "retry, or check get_*_stream_status."
+                "retry, or check the stream's status tool."
             ) from None
         return _within(redact(text), max_chars)
 
@@ -146,11 +146,21 @@ def _state_text(state: ConnectionState) -> str:
 class _Tools:
     """The tool bodies, parameterised by market."""
 
-    def __init__(self, manager: StreamManager, settings: Settings, market: Market) -> None:
+    def __init__(self, manager: StreamManager, settings: Settings, market: Market, compact: bool = False) -> None:
         self.manager = manager
         self.settings = settings
         self.market = market
         self.m = market.name
+        self.compact = compact  # registered once with a `market` argument (the compact profile), not per market
+
+    def _call(self, verb: str, args: str | None = None) -> str:
+        """How the agent calls `verb` for this market, as its tool list names it: `get_crypto_stream_messages` (or
+        with `args`, `get_crypto_stream_messages(since_seq=5)`); in the compact profile
+        `get_stream_messages(market="crypto", ...)`, since the per-market tools are not listed there."""
+        if self.compact:
+            return f'{verb}(market="{self.m}"{", " + args if args else ""})'
+        name = next(v for v in VERBS if v.verb == verb).name_for(self.m)
+        return name if args is None else f"{name}({args})"
 
     def _head(self) -> list[str]:
         return [SIMULATED_LINE] if self.settings.simulated else []
@@ -193,13 +203,14 @@ class _Tools:
             head = (
                 f"{self.m} stream: NOT streaming - the server reported max_connections (another connection on this "
                 f"API key and market took the slot); retrying at {iso(o.retry_at, ms=False)} instead of fighting it. "
-                f"To take the slot back now: stop_{self.m}_stream, then start_{self.m}_stream (evicts the other)."
+                f"To take the slot back now: {self._call('stop_stream')}, then {self._call('start_stream')} "
+                "(evicts the other)."
             )
         elif o.auth is not AuthState.OK:
             why = f": {self._shown(o.error)}" if o.error else ""
             head = (
                 f"{self.m} stream: NOT connected yet{why}. It keeps retrying in the background "
-                f"({shown_endpoint}); check get_{self.m}_stream_status."
+                f"({shown_endpoint}); check {self._call('get_stream_status')}."
             )
         else:
             head = f"{self.m} stream: {_state_text(o.state)} ({shown_endpoint})"
@@ -211,7 +222,9 @@ class _Tools:
             )
         lines += self._outcome_lines(o, "subscribed")
         head_seq = self._stream().buffer_status().newest_seq
-        lines.append(f"next: get_{self.m}_stream_messages(since_seq={head_seq}) returns only events after this call.")
+        lines.append(
+            f"next: {self._call('get_stream_messages', f'since_seq={head_seq}')} returns only events after this call."
+        )
         return "\n".join(lines)
 
     def _stream(self) -> MarketStream:
@@ -228,8 +241,8 @@ class _Tools:
             [
                 *self._head(),
                 f"{self.m} stream {state}. Subscriptions cleared. The buffer stays readable: {b.size} events "
-                f"(seq {b.oldest_seq or 0}-{b.newest_seq}) via get_{self.m}_stream_messages; recordings via "
-                f"replay_{self.m}_stream_messages.",
+                f"(seq {b.oldest_seq or 0}-{b.newest_seq}) via {self._call('get_stream_messages')}; recordings via "
+                f"{self._call('replay_stream_messages')}.",
             ]
         )
 
@@ -265,7 +278,7 @@ class _Tools:
         subs = self.manager.subscriptions(self.m)
         lines = [*self._head(), f"{self.m} subscriptions ({subs.total}), stream {_state_text(subs.state)}:"]
         if not subs.groups:
-            lines.append(f"none. Subscribe with start_{self.m}_stream(channels=[...]).")
+            lines.append(f"none. Subscribe with {self._call('start_stream', 'channels=[...]')}.")
         for g in subs.groups:
             et = self.market.events.get(g.prefix)
             title = f"{g.prefix} ({et.title})" if et else g.prefix
@@ -313,7 +326,6 @@ class _Tools:
 
     def _shared_lines(self, p: "SharedPicture", *, wants: bool) -> list[str]:
         """Who holds the upstream socket, this process's part, and (wants=True) who wants what."""
-        m = self.m
         lines: list[str] = []
         if p.redis_error:
             lines.append(self._shown(p.redis_error, 400))
@@ -332,7 +344,9 @@ class _Tools:
         here = self._list(p.wanted_here) if p.wanted_here else "nothing"
         lines.append(f"wanted by this process: {here}")
         if wants:
-            union = self._list(p.union) if p.union else f"none. Start with start_{m}_stream(channels=[...])."
+            union = (
+                self._list(p.union) if p.union else f"none. Start with {self._call('start_stream', 'channels=[...]')}."
+            )
             lines.append(f"upstream subscriptions (the union of every live process's wants, {len(p.union)}): {union}")
             for w in p.wants:
                 mark = " (this process)" if w.process == p.process else ""
@@ -350,8 +364,8 @@ class _Tools:
         if c.unknown:
             lines.append(f"not wanted by this process (nothing to do): {self._list(c.unknown)}")
         lines.append(
-            f"next: get_{self.m}_stream_messages(since_seq={c.head_seq}) returns only newer events (seq numbers are "
-            "the same in every process)."
+            f"next: {self._call('get_stream_messages', f'since_seq={c.head_seq}')} returns only newer events "
+            "(seq numbers are the same in every process)."
         )
         return "\n".join(lines)
 
@@ -361,7 +375,7 @@ class _Tools:
             *self._head(), *self._shared_lines(p, wants=False),
             f"{self.m} stream stopped in this process: its wants are withdrawn (channels another process wants stay "
             f"subscribed upstream). The buffer stays readable: {b.size} events (seq {b.oldest_seq or 0}-"
-            f"{b.newest_seq}) via get_{self.m}_stream_messages.",
+            f"{b.newest_seq}) via {self._call('get_stream_messages')}.",
         ])  # fmt: skip
 
     def _retry_lines(self, s: StreamStatus) -> list[str]:
@@ -455,7 +469,7 @@ class _Tools:
             notes.append(
                 f"GAP: {r.gap} events after since_seq={since_seq} were overwritten before they could be read "
                 f"(buffer holds {st.buffer_status().capacity}); poll more often, or use "
-                f"replay_{self.m}_stream_messages."
+                f"{self._call('replay_stream_messages')}."
             )
         return notes
 
@@ -531,8 +545,9 @@ class _Tools:
             if st.active:
                 return f"{self.m}: no events received yet (state: {_state_text(st.state)})."
             return (
-                f"{self.m}: no events in memory; the stream is not running. Start it with start_{self.m}_stream; "
-                f"earlier sessions' events are on disk: replay_{self.m}_stream_messages."
+                f"{self.m}: no events in memory; the stream is not running. Start it with "
+                f"{self._call('start_stream')}; earlier sessions' events are on disk: "
+                f"{self._call('replay_stream_messages')}."
             )
         what = f" matching '{self._shown(channel_filter, 100)}'" if channel_filter else ""
         return f"{self.m}: no new events{what} (buffer seq {r.oldest}-{r.head})."
@@ -813,7 +828,7 @@ def register_market_verb_tools(server: MCPServer, manager: StreamManager, settin
     """The 8 stream verbs once, with a `market` argument (the compact profile). Each call runs the same
     per-market implementation (`_Tools`) as the full profile's tool of that market, so the answers are the same."""
     redact = manager.redact
-    tools = {name: _Tools(manager, settings, MARKETS[name]) for name in settings.stream_markets}
+    tools = {name: _Tools(manager, settings, MARKETS[name], compact=True) for name in settings.stream_markets}
 
     def pick(market: str) -> _Tools:
         chosen = tools.get(market)

@@ -150,10 +150,7 @@ _second: Callable[[Row], dict[str, Any]] = itemgetter(1)
 
 
 def _values(events: list[dict[str, Any]], key: str) -> list[object]:
-    try:
-        return list(map(itemgetter(key), events))  # C speed when every event has the field
-    except KeyError:
-        return [e.get(key) for e in events]
+    return list(map(dict.get, events, repeat(key)))  # C speed, None where an event lacks the field
 
 
 def _event_keys(rows: Sequence[Row]) -> list[object]:

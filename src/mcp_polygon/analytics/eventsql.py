@@ -211,7 +211,7 @@ def frame_rows_sql(market: MarketSchema, event: EventSchema) -> str:
     frame can type every object at once, where rows_sql, made for recorder lines that may hold anything, splits
     each line into JSON values, keeps the objects, reads each one's `ev` and transforms the event on its own:
     three more passes, each with a fixed cost that dominates a query over a small buffer (bench/analytics.py).
-    The same json_transform does the typing, so the rows are those rows_sql gives (tests/test_eventsql.py).
+    The same json_transform does the typing, so the rows are those rows_sql gives (tests/test_analytics_eventsql.py).
     """
     groups = _structures(event)
     # `ev` joins the first group: no vendor key is `ev` in another case.

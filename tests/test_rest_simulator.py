@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -94,6 +95,15 @@ async def test_aggregate_pages_agree_with_one_big_page(http: httpx2.AsyncClient)
         url = urlsplit(url).path + "?" + urlsplit(url).query if url else None
     assert paged == whole and len(whole) == 65  # weekdays of Q1 2024
     assert all(bar["l"] <= min(bar["o"], bar["c"]) and bar["h"] >= max(bar["o"], bar["c"]) for bar in whole)
+
+
+async def test_the_previous_close_is_yesterday_s_bar_of_the_same_price_path_as_the_stream(http: httpx2.AsyncClient):
+    prev = (await http.get("/v2/aggs/ticker/AAPL/prev")).json()["results"][0]
+    day = dt.datetime.fromtimestamp(prev["t"] / 1000, dt.UTC).date()
+    assert day < dt.datetime.now(dt.UTC).date() and day.weekday() < 5
+    bars = (await http.get(f"/v2/aggs/ticker/AAPL/range/1/day/{day}/{day}")).json()["results"]
+    assert [(b["o"], b["c"], b["h"], b["l"]) for b in bars] == [(prev["o"], prev["c"], prev["h"], prev["l"])]
+    assert prev["T"] == "AAPL" and abs(prev["c"] / 230.0 - 1) < 0.15  # near where the AAPL stream trades
 
 
 async def test_descending_aggregates_start_at_the_end(http: httpx2.AsyncClient):

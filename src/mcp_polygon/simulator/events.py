@@ -93,6 +93,18 @@ _SIGMA = {"stocks": 4e-4, "options": 3e-3, "futures": 2e-4, "indices": 1e-4, "fo
 _OTC_TICKERS = frozenset({"TCEHY", "NSRGY", "RHHBY", "BAYRY", "OTCSIM"})
 
 
+def anchor_price(ticker: str) -> float | None:
+    """The price a well-known ticker's stream starts from, given its REST spelling (AAPL, I:SPX, C:EURUSD,
+    X:BTCUSD); None for the others. REST bars follow it too, so the simulator's REST closes and stream trades tell
+    one story."""
+    if ticker.startswith("C:"):
+        return _ANCHORS.get(ticker[2:])
+    if ticker.startswith("X:"):
+        pair = ticker[2:]
+        return _ANCHORS.get(f"{pair[:-3]}-{pair[-3:]}")
+    return _ANCHORS.get(ticker)
+
+
 def _instrument_key(market: str, ticker: str) -> str:
     """One price path per instrument, whichever spelling or channel asks ("EUR/USD", "C:EURUSD")."""
     if market == "forex":

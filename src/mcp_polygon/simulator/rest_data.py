@@ -26,6 +26,8 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
+from mcp_polygon.simulator.events import anchor_price
+
 DATASET_ROWS = 25  # rows behind every paginated list endpoint: more than the default limit, so paging shows
 MARKET_ROWS = 120  # rows of whole-market endpoints: more than the tools' default max_rows
 GAINERS_ROWS = 20  # the vendor's gainers/losers size
@@ -246,7 +248,7 @@ def _parse_time(text: str, end: bool = False) -> int:
 
 def _price(ticker: str, t_ms: int, seed: int) -> float:
     """A smooth, deterministic price path per ticker, so pages of bars always agree with each other."""
-    base = 20 + _unit(seed, ticker) * 480
+    base = anchor_price(ticker) or 20 + _unit(seed, ticker) * 480
     days = t_ms / 86_400_000
     wave = 0.08 * math.sin(days / 9.0 + _unit(seed, ticker, "phase") * 6) + 0.03 * math.sin(days * 1.7)
     return round(base * (1 + wave), 4)
@@ -327,6 +329,8 @@ class RestResponder:
             return body
         body.pop("next_url", None)
         template = route.template
+        if template.endswith("/prev"):
+            self._previous_close(body, values)
         if template in ("/v3/snapshot", "/v3/snapshot/indices") and query.get("ticker.any_of"):
             body["results"] = self._snapshot_rows(body["results"], query["ticker.any_of"])
             return body
@@ -354,6 +358,23 @@ class RestResponder:
             if "resultsCount" in body:
                 body["resultsCount"] = len(body[key])
         return body
+
+    def _previous_close(self, body: dict[str, Any], values: Mapping[str, str]) -> None:
+        """The previous weekday's bar from the same price path as the range aggregates, not the example's prices."""
+        ticker = next((v for k, v in values.items() if k.endswith("icker")), None)
+        rows = body.get("results")
+        if ticker is None or not isinstance(rows, list):
+            return
+        day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+        while day.weekday() >= 5:
+            day -= dt.timedelta(days=1)
+        t = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+        o, c = _price(ticker, t, self.seed), _price(ticker, t + 86_400_000, self.seed)
+        wiggle = 1 + _unit(self.seed, ticker, t) * 0.01
+        for row in rows:
+            if isinstance(row, dict):
+                row.update(o=o, c=c, h=round(max(o, c) * wiggle, 4), l=round(min(o, c) / wiggle, 4),
+                           vw=round((o + c) / 2, 4), t=t)  # fmt: skip
 
     def _market_rows(self, rows: list[Any], ticker_key: str, wanted: str | None, salt: str) -> list[Any]:
         """Whole-market lists: the example rows, then generated tickers; or exactly the tickers asked for."""

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from mcp.client import Client
@@ -136,3 +137,42 @@ async def until(predicate: Callable[[], object], seconds: float = 10.0, every: f
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(every)
+
+
+class StdioPeer:
+    """A minimal MCP client over the pipes of an `mcp-polygon` subprocess, for tests that must signal, kill or
+    time that very process (the SDK's stdio client owns the process it starts)."""
+
+    def __init__(self, process: asyncio.subprocess.Process, name: str = "server") -> None:
+        self.process = process
+        self.name = name
+        self._next_id = 0
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self._next_id += 1
+        self._send({"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params})
+        assert self.process.stdout is not None
+        while True:
+            line = await asyncio.wait_for(self.process.stdout.readline(), 20)
+            assert line, f"{self.name} closed its stdout"
+            message = json.loads(line)
+            if message.get("id") == self._next_id:
+                assert "result" in message, message
+                result: dict[str, Any] = message["result"]
+                return result
+
+    async def initialize(self) -> None:
+        info = {"name": f"{self.name}-test", "version": "1"}
+        await self.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": info})
+        self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    async def call(self, tool: str, **arguments: Any) -> str:
+        """The tool's text; the call must succeed."""
+        result = await self.request("tools/call", {"name": tool, "arguments": arguments})
+        text = "".join(block.get("text", "") for block in result["content"])
+        assert not result.get("isError"), f"{self.name} {tool}: {text}"
+        return text
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write((json.dumps(message) + "\n").encode())

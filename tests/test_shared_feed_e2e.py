@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from conftest import StdioPeer
 from mcp_polygon.simulator import Simulator
 from redis_server import RedisServer
 
@@ -34,37 +35,8 @@ MARKER = "Q.NVDA"  # wanted after a change whose effect is an absence: once it i
 pytestmark = pytest.mark.skipif(not SCRIPT.exists(), reason="console script not installed (pip install -e .)")
 
 
-class Peer:
-    """One `mcp-polygon` process and a minimal MCP client over its pipes (the test needs its pid for kill -9)."""
-
-    def __init__(self, process: asyncio.subprocess.Process, name: str) -> None:
-        self.process = process
-        self.name = name
-        self._next_id = 0
-
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        self._next_id += 1
-        self._send({"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params})
-        assert self.process.stdout is not None
-        while True:
-            line = await asyncio.wait_for(self.process.stdout.readline(), 20)
-            assert line, f"{self.name} closed its stdout"
-            message = json.loads(line)
-            if message.get("id") == self._next_id:
-                assert "result" in message, message
-                result: dict[str, Any] = message["result"]
-                return result
-
-    async def initialize(self) -> None:
-        info = {"name": "shared-feed-test", "version": "1"}
-        await self.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": info})
-        self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-    async def call(self, tool: str, **arguments: Any) -> str:
-        result = await self.request("tools/call", {"name": tool, "arguments": arguments})
-        text = "".join(block.get("text", "") for block in result["content"])
-        assert not result.get("isError"), f"{self.name} {tool}: {text}"
-        return text
+class Peer(StdioPeer):
+    """One `mcp-polygon` process of the shared feed (the test needs its pid for kill -9)."""
 
     async def events(self, since_seq: int = 0) -> list[dict[str, Any]]:
         """Every buffered event after since_seq, as the JSON answer gives them (seq, received_at, fields)."""
@@ -78,10 +50,6 @@ class Peer:
     async def head(self) -> int:
         events = await self.events()
         return events[-1]["seq"] if events else 0
-
-    def _send(self, message: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write((json.dumps(message) + "\n").encode())
 
     def kill9(self) -> None:
         self.process.send_signal(signal.SIGKILL)

@@ -19,46 +19,13 @@ import httpx2
 import pytest
 from mcp.client import Client
 
-from conftest import text_of
+from conftest import StdioPeer, text_of
 
 SCRIPT = Path(sys.executable).with_name("mcp-polygon")
 EVENTS_BEFORE_SIGNAL = 20
 CLEAN_EXIT_WITHIN_S = 3.0
 
 pytestmark = pytest.mark.skipif(not SCRIPT.exists(), reason="console script not installed (pip install -e .)")
-
-
-class StdioPeer:
-    """A minimal MCP client over the pipes of a subprocess, so the test can signal that very process."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self._next_id = 0
-
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        self._next_id += 1
-        self._send({"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params})
-        assert self.process.stdout is not None
-        while True:
-            message = json.loads(await asyncio.wait_for(self.process.stdout.readline(), 20))
-            if message.get("id") == self._next_id:
-                assert "result" in message, message
-                return message["result"]
-
-    async def initialize(self) -> None:
-        info = {"name": "signals-test", "version": "1"}
-        await self.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": info})
-        self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-    async def call(self, tool: str, arguments: dict[str, Any]) -> str:
-        result = await self.request("tools/call", {"name": tool, "arguments": arguments})
-        text = "".join(block.get("text", "") for block in result["content"])
-        assert not result.get("isError"), text
-        return text
-
-    def _send(self, message: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write((json.dumps(message) + "\n").encode())
 
 
 async def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
@@ -88,10 +55,10 @@ async def stdio_server(tmp_path: Path) -> AsyncIterator[StdioPeer]:
 
 async def seen_after_streaming(call: Any) -> int:
     """Start a crypto trade stream and poll until the agent has seen enough events; the newest seq seen."""
-    await call("start_crypto_stream", {"channels": ["XT.*"]})
+    await call("start_crypto_stream", channels=["XT.*"])
     newest = 0
     for _ in range(200):  # the simulator streams several events a second; give it up to 20 s
-        body = json.loads(await call("get_crypto_stream_messages", {"since_seq": newest, "format": "json"}))
+        body = json.loads(await call("get_crypto_stream_messages", since_seq=newest, format="json"))
         newest = max([newest, *(event["seq"] for event in body["events"])])
         if newest >= EVENTS_BEFORE_SIGNAL:
             return newest
@@ -165,7 +132,7 @@ async def test_http_signal_shuts_down_cleanly_with_a_session_open(tmp_path: Path
         try:
             async with Client(f"http://127.0.0.1:{port}/mcp") as client:
 
-                async def call(tool: str, arguments: dict[str, Any]) -> str:
+                async def call(tool: str, **arguments: Any) -> str:
                     result = await client.call_tool(tool, arguments)
                     assert not result.is_error, text_of(result)
                     return text_of(result)
@@ -245,7 +212,7 @@ async def test_second_sigint_exits_at_once_while_the_clean_shutdown_is_stuck(tmp
         )
         peer = StdioPeer(server)
         await peer.initialize()
-        await peer.call("start_crypto_stream", {"channels": ["XT.*"]})
+        await peer.call("start_crypto_stream", channels=["XT.*"])
         os.kill(vendor.pid, signal.SIGSTOP)
         server.send_signal(signal.SIGINT)
         assert server.stderr is not None

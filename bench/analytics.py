@@ -30,10 +30,10 @@ from typing import TypeVar
 
 import orjson
 
+from bench.common import median, our_settings, quantile, scan_flat_jsonl
 from bench.report import HIGHER, Row, render
 from mcp_polygon.analytics import compaction
 from mcp_polygon.analytics.engine import QueryEngine
-from mcp_polygon.config import Settings
 from mcp_polygon.server import build_app
 from mcp_polygon.simulator.events import EventFactory
 from mcp_polygon.streams import recorder as rec
@@ -103,22 +103,6 @@ def _flat_group(path: Path) -> dict[str, tuple[int, float]]:
             notional[s] = notional.get(s, 0.0) + e["p"] * e["s"]
             volume[s] = volume.get(s, 0.0) + e["s"]
     return {s: (count[s], notional[s] / volume[s]) for s in count}
-
-
-def _flat_scan(path: Path, from_ns: int, to_ns: int, sym: str | None = None) -> list[dict[str, object]]:
-    out = []
-    loads = orjson.loads
-    with open(path, "rb") as f:
-        for line in f:
-            event = loads(line)
-            if from_ns <= event["recv_ns"] <= to_ns and (sym is None or (event["ev"] == "T" and event["sym"] == sym)):
-                out.append(event)
-    return out
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
 
 
 def _jsonl_replay(directory: Path, from_ns: int, to_ns: int, limit: int, flt: str | None = None) -> int:
@@ -209,19 +193,14 @@ def _loop_lateness(directory: Path) -> tuple[list[float], list[float], float]:
     return asyncio.run(measure())
 
 
-def _p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
 async def _buffer_queries(tmp: Path, frames: list[bytes]) -> tuple[list[float], list[float]]:
     """query_market_data through MCPServer.call_tool (argument validation, the hop to a worker thread, the sandbox,
     view refresh, the query and its CSV: what an agent waits for, minus the JSON-RPC transport) over a full
     1,000-event stocks buffer filled through the protocol (MarketStream.feed, 50 frames of 20), recording off:
     after 50 new frames (every frame new) and after 1-3 new frames (an agent polling a busy stream)."""
-    settings = Settings(
-        api_key="bench", ws_url="ws://127.0.0.1:9", data_dir=tmp / "tool", record=False, buffer_size=1000
-    ).with_overrides(toolsets=frozenset({"stocks"}))
+    settings = our_settings("ws://127.0.0.1:9", data_dir=tmp / "tool", buffer_size=1000).with_overrides(
+        toolsets=frozenset({"stocks"})
+    )
     fresh: list[float] = []
     steady: list[float] = []
     args = {"sql": GROUP_SQL}
@@ -307,15 +286,15 @@ def run() -> list[Row]:
         w_from = T0 + SPAN_NS // 2
         w_to = w_from + WINDOW_NS - 1
         full, everything = _time(lambda: len(_parquet_replay(directory, 0, end, 2 * EVENTS)), 1)
-        base_full, base_all = _time(lambda: len(_flat_scan(flat, 0, end)), 1)
+        base_full, base_all = _time(lambda: len(scan_flat_jsonl(flat, 0, end)), 1)
         jsonl_full, jsonl_all = _time(lambda: _jsonl_replay(jsonl_copy, 0, end, 2 * EVENTS), 1)
         assert everything == base_all == jsonl_all == EVENTS, (everything, base_all, jsonl_all)
         one, one_got = _time(lambda: len(_parquet_replay(directory, 0, end, EVENTS, "T.AAPL")), 3)
-        base_one, base_one_got = _time(lambda: len(_flat_scan(flat, 0, end, "AAPL")), 1)
+        base_one, base_one_got = _time(lambda: len(scan_flat_jsonl(flat, 0, end, "AAPL")), 1)
         jsonl_one, _ = _time(lambda: _jsonl_replay(jsonl_copy, 0, end, EVENTS, "T.AAPL"), 1)
         assert one_got == base_one_got, (one_got, base_one_got)
         window, window_got = _time(lambda: len(_parquet_replay(directory, w_from, w_to, 1000)), 10, warmup=1)
-        base_window, _ = _time(lambda: len(_flat_scan(flat, w_from, w_to)), 1)
+        base_window, _ = _time(lambda: len(scan_flat_jsonl(flat, w_from, w_to)), 1)
 
         fresh, steady = asyncio.run(_buffer_queries(tmp, frames))
         again = tmp / "again" / "stocks"
@@ -344,11 +323,12 @@ def run() -> list[Row]:
         Row("8. ingest (append + record) while compaction runs (vs ingest alone)", "ev/s", median(during),
             ingest_alone, HIGHER, target_ratio=0.9),
         Row("8. event-loop wakeup lateness while compaction runs, median and p99 (vs loop idle)", "s",
-            median(busy_late), median(idle_late), ours_p99=_p99(busy_late), baseline_p99=_p99(idle_late)),
+            median(busy_late), median(idle_late), ours_p99=quantile(busy_late, 0.99),
+            baseline_p99=quantile(idle_late, 0.99)),
         Row("8. query_market_data tool, full 1,000-event buffer, every frame new (vs target)", "s", median(fresh),
-            None, target=0.01, ours_p99=_p99(fresh)),
+            None, target=0.01, ours_p99=quantile(fresh, 0.99)),
         Row("8. query_market_data tool, full 1,000-event buffer, 1-3 frames new (vs target)", "s", median(steady),
-            None, target=0.01, ours_p99=_p99(steady)),
+            None, target=0.01, ours_p99=quantile(steady, 0.99)),
     ]  # fmt: skip
     return rows
 

@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import orjson
+
 from mcp_polygon.config import Settings
 from mcp_polygon.simulator import DEFAULT_API_KEY
 from mcp_polygon.simulator.events import EventFactory
@@ -49,6 +51,19 @@ def make_events(n: int, *, seed: int = 7, start_ns: int | None = None, step_ns: 
 def chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def scan_flat_jsonl(path: Path, from_ns: int, to_ns: int, sym: str | None = None) -> list[dict]:
+    """Baseline 3: one event + its receive time per line, every line parsed with orjson; the events received
+    from_ns <= recv_ns <= to_ns (and, with `sym`, only its trades)."""
+    out = []
+    loads = orjson.loads
+    with open(path, "rb") as f:
+        for line in f:
+            event = loads(line)
+            if from_ns <= event["recv_ns"] <= to_ns and (sym is None or (event["ev"] == "T" and event["sym"] == sym)):
+                out.append(event)
+    return out
 
 
 # -- statistics ------------------------------------------------------------------------------------------------------

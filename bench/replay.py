@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import MARKET, chunks, make_events, median, our_settings, timed
+from bench.common import MARKET, chunks, make_events, median, our_settings, scan_flat_jsonl, timed
 from bench.report import HIGHER, Row
 from mcp_polygon.streams.manager import StreamManager
 
@@ -58,17 +58,6 @@ def _write_flat(path: Path, pool: list[bytes], start_ns: int) -> float:
     return EVENTS / (time.perf_counter() - t0)
 
 
-def _scan_flat(path: Path, from_ns: int, to_ns: int, sym: str | None = None) -> list[dict]:
-    out = []
-    loads = orjson.loads
-    with open(path, "rb") as f:
-        for line in f:
-            event = loads(line)
-            if from_ns <= event["recv_ns"] <= to_ns and (sym is None or (event["ev"] == "T" and event["sym"] == sym)):
-                out.append(event)
-    return out
-
-
 def _summary(result) -> tuple[int, bool]:
     return len(result.events), result.more
 
@@ -97,9 +86,9 @@ async def run() -> list[Row]:
             full, everything = await timed(replay(0, end_ns, 2 * EVENTS), 1, **opts)
             aapl, aapl_got = await timed(replay(0, end_ns, EVENTS, "T.AAPL"), 1, **opts)
             opts["keep"] = len
-            base_window, base_got = await timed(lambda: _scan_flat(flat, w_from, w_to), 1, **opts)
-            base_full, base_all = await timed(lambda: _scan_flat(flat, 0, end_ns), 1, **opts)
-            base_aapl, base_aapl_got = await timed(lambda: _scan_flat(flat, 0, end_ns, "AAPL"), 1, **opts)
+            base_window, base_got = await timed(lambda: scan_flat_jsonl(flat, w_from, w_to), 1, **opts)
+            base_full, base_all = await timed(lambda: scan_flat_jsonl(flat, 0, end_ns), 1, **opts)
+            base_aapl, base_aapl_got = await timed(lambda: scan_flat_jsonl(flat, 0, end_ns, "AAPL"), 1, **opts)
         finally:
             await manager.aclose()
     # Same answers, or the comparison means nothing.

@@ -176,3 +176,31 @@ class StdioPeer:
     def _send(self, message: dict[str, Any]) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write((json.dumps(message) + "\n").encode())
+
+
+class LoopTurns:
+    """How many times the event loop turned (counted by `counting_loop_turns`)."""
+
+    count = 0
+
+
+@contextlib.asynccontextmanager
+async def counting_loop_turns() -> AsyncIterator[LoopTurns]:
+    """Count the event loop's turns while the block runs: a call that blocks the loop stops the count, one that
+    runs in a worker thread lets it climb into the hundreds."""
+    turns = LoopTurns()
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        while not done.is_set():
+            turns.count += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    turns.count = 0  # from here on
+    try:
+        yield turns
+    finally:
+        done.set()
+        await ticker

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import counting_loop_turns
 from mcp_polygon.analytics import compaction
 from mcp_polygon.analytics.compaction import CompactionError, compact_segment, finish_pending, replay_compacted
 from mcp_polygon.simulator.events import MARKETS as SIM_MARKETS
@@ -235,24 +236,11 @@ async def test_compaction_runs_in_a_worker_thread_without_holding_the_loop(tmp_p
     directory = tmp_path / "stocks"
     _record(directory, _frames("stocks", 3000, per_frame=10))
     segment = _one_closed(directory)
-    ticks = 0
-    done = asyncio.Event()
-
-    async def tick() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            ticks += 1
-            await asyncio.sleep(0)
-
-    ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0)
-    start = ticks
-    result = await asyncio.to_thread(compact_segment, segment)
-    done.set()
-    await ticker
+    async with counting_loop_turns() as turns:
+        result = await asyncio.to_thread(compact_segment, segment)
     assert result.events == 30000
     # The loop kept turning while DuckDB worked (it releases the GIL): hundreds of turns, not a handful.
-    assert ticks - start > 100, ticks - start
+    assert turns.count > 100, turns.count
 
 
 def test_two_threads_compact_two_segments_at_once(tmp_path):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import counting_loop_turns
 from mcp_polygon.analytics.compaction import compact_segment, list_compacted, pending_segments
 from mcp_polygon.analytics.engine import LiveFrame, QueryEngine
 from mcp_polygon.analytics.errors import QueryFailed, QueryRejected, QueryTimeout
@@ -291,24 +290,13 @@ def test_a_busy_engine_answers_within_the_time_limit(tmp_path):
 
 async def test_queries_run_off_the_event_loop(tmp_path):
     engine = QueryEngine(tmp_path / "data", markets=["stocks"], timeout=10, live=lambda market: [])
-    ticks = 0
-    done = threading.Event()
-
-    async def tick() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            ticks += 1
-            await asyncio.sleep(0)
-
-    ticker = asyncio.create_task(tick())
     try:
-        result = await engine.query("SELECT count(*) FROM range(300000000) WHERE range % 7 = 0")
+        async with counting_loop_turns() as turns:
+            result = await engine.query("SELECT count(*) FROM range(300000000) WHERE range % 7 = 0")
         assert result.rows[0][0] > 0
     finally:
-        done.set()
-        await ticker
         engine.close()
-    assert ticks > 100, ticks  # the loop kept turning while DuckDB counted
+    assert turns.count > 100, turns.count  # the loop kept turning while DuckDB counted
 
 
 async def test_the_live_source_is_read_on_the_loop_for_each_market(tmp_path):

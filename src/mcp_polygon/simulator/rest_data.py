@@ -369,12 +369,10 @@ class RestResponder:
         while day.weekday() >= 5:
             day -= dt.timedelta(days=1)
         t = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
-        o, c = _price(ticker, t, self.seed), _price(ticker, t + 86_400_000, self.seed)
-        wiggle = 1 + _unit(self.seed, ticker, t) * 0.01
+        bar = self._bar(ticker, t, 86_400_000)
         for row in rows:
             if isinstance(row, dict):
-                row.update(o=o, c=c, h=round(max(o, c) * wiggle, 4), l=round(min(o, c) / wiggle, 4),
-                           vw=round((o + c) / 2, 4), t=t)  # fmt: skip
+                row.update({key: bar[key] for key in ("o", "c", "h", "l", "vw", "t")})
 
     def _market_rows(self, rows: list[Any], ticker_key: str, wanted: str | None, salt: str) -> list[Any]:
         """Whole-market lists: the example rows, then generated tickers; or exactly the tickers asked for."""
@@ -448,23 +446,7 @@ class RestResponder:
                     times.append(t)
                 t -= step
         page, rest = times[:limit], times[limit:]
-        bars = []
-        for t in page:
-            o, c = _price(ticker, t, self.seed), _price(ticker, t + step, self.seed)
-            wiggle = 1 + _unit(self.seed, ticker, t) * 0.01
-            volume = int(1e5 + _unit(self.seed, ticker, t, "v") * 5e6)
-            bars.append(
-                {
-                    "v": volume,
-                    "vw": round((o + c) / 2, 4),
-                    "o": o,
-                    "c": c,
-                    "h": round(max(o, c) * wiggle, 4),
-                    "l": round(min(o, c) / wiggle, 4),
-                    "t": t,
-                    "n": volume // 100,
-                }
-            )
+        bars = [self._bar(ticker, t, step) for t in page]
         body: dict[str, Any] = {
             "ticker": ticker,
             "queryCount": len(bars),
@@ -485,6 +467,22 @@ class RestResponder:
             cursor = encode_cursor({"limit": state.get("limit", 5000), "sort": "desc" if descending else "asc"})
             body["next_url"] = f"{base_url}{quote(next_path)}?cursor={cursor}"
         return body
+
+    def _bar(self, ticker: str, t: int, step: int) -> dict[str, Any]:
+        """The aggregate bar of `ticker` starting at `t` (ms) and lasting `step` ms, from its price path."""
+        o, c = _price(ticker, t, self.seed), _price(ticker, t + step, self.seed)
+        wiggle = 1 + _unit(self.seed, ticker, t) * 0.01
+        volume = int(1e5 + _unit(self.seed, ticker, t, "v") * 5e6)
+        return {
+            "v": volume,
+            "vw": round((o + c) / 2, 4),
+            "o": o,
+            "c": c,
+            "h": round(max(o, c) * wiggle, 4),
+            "l": round(min(o, c) / wiggle, 4),
+            "t": t,
+            "n": volume // 100,
+        }
 
     def _indicator(
         self, route: Route, values: Mapping[str, str], query: Mapping[str, str], path: str, base_url: str

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pytest
 from mcp.client import Client
@@ -204,3 +206,33 @@ async def counting_loop_turns() -> AsyncIterator[LoopTurns]:
     finally:
         done.set()
         await ticker
+
+
+class FlakyDisk:
+    """An opener whose files raise ENOSPC on write and flush while `full` is set (a disk that fills up)."""
+
+    def __init__(self) -> None:
+        self.full = False
+
+    def __call__(self, path: Path) -> _FlakyFile:
+        return _FlakyFile(open(path, "ab"), self)
+
+
+class _FlakyFile:
+    def __init__(self, f: BinaryIO, disk: FlakyDisk) -> None:
+        self.f, self.disk = f, disk
+
+    def _check(self) -> None:
+        if self.disk.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self, data: bytes) -> int:
+        self._check()
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self._check()
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import FlakyDisk
 from mcp_polygon.streams import recorder as rec
 from mcp_polygon.streams.markets import MARKETS
 from mcp_polygon.streams.query import Direction, parse_filter, read_plan
@@ -350,36 +350,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class FlakyDisk:
-    """An opener whose files raise ENOSPC on write and flush while `full` is set (a disk that fills up)."""
-
-    def __init__(self) -> None:
-        self.full = False
-
-    def __call__(self, path):
-        return _FlakyFile(open(path, "ab"), self)
-
-
-class _FlakyFile:
-    def __init__(self, f, disk: FlakyDisk) -> None:
-        self.f, self.disk = f, disk
-
-    def _check(self) -> None:
-        if self.disk.full:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def write(self, data: bytes) -> int:
-        self._check()
-        return self.f.write(data)
-
-    def flush(self) -> None:
-        self._check()
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
 
 
 def test_an_unwritable_directory_is_retried_at_resume_and_when_due(tmp_path, caplog):

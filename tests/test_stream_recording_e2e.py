@@ -7,8 +7,6 @@ be, or an opener whose writes raise ENOSPC), never waited for.
 
 from __future__ import annotations
 
-import errno
-import os
 import re
 import time
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import mcp_session, ok, until
+from conftest import FlakyDisk, mcp_session, ok, until
 from mcp_polygon.config import Settings
 from mcp_polygon.server import build_app
 from mcp_polygon.streams import recorder as rec
@@ -109,40 +107,9 @@ async def test_an_unwritable_data_dir_is_reported_alike_by_every_tool_then_retri
         assert "# T trades" in text and "OFF" not in text
 
 
-class FullDisk:
-    """An opener whose files raise ENOSPC on write and flush while `full` is set."""
-
-    def __init__(self) -> None:
-        self.full = False
-
-    def __call__(self, path: Path):
-        disk = self
-
-        class File:
-            def __init__(self) -> None:
-                self.f = open(path, "ab")
-
-            def _check(self) -> None:
-                if disk.full:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-            def write(self, data: bytes) -> int:
-                self._check()
-                return self.f.write(data)
-
-            def flush(self) -> None:
-                self._check()
-                self.f.flush()
-
-            def close(self) -> None:
-                self.f.close()
-
-        return File()
-
-
 async def test_after_disk_full_the_next_start_records_again(sim, settings):
     sim.ws.set_rate("stocks", 40)
-    disk = FullDisk()
+    disk = FlakyDisk()
     async with build_app(settings) as app, mcp_session(app.server) as client:
         stream = app.streams.stream("stocks")
         assert stream.recorder is not None

@@ -212,7 +212,13 @@ async def test_redis_stopped_and_started_empty_is_survived(world: tuple[Simulato
     mark = held[-1]["seq"]
     await redis.start()  # empty: no lease, no counter, no stream
     back = time.time()
-    await eventually(lambda: all_restarted(peers, back), 10, "data flows to every process after Redis returns")
+    waiting: list[str] = []
+    try:
+        await eventually(
+            lambda: all_restarted(peers, back, waiting), 10, "data flows to every process after Redis returns"
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; still waiting: {' | '.join(waiting)}") from None
     # A since_seq from before the empty Redis reads like one from before a restart: flagged, not hiding new events.
     text = await peers[1].call(f"get_{MARKET}_stream_messages", since_seq=mark + 10_000, format="json")
     body = json.loads(text)
@@ -228,15 +234,19 @@ async def heads_beyond(peers: list[Peer], before: list[int]) -> bool:
     return all([await peer.head() > mark for peer, mark in zip(peers, before, strict=True)])
 
 
-async def all_restarted(peers: list[Peer], since: float) -> bool:
-    """Every process says the stream started again and holds events received after `since` (Unix s)."""
+async def all_restarted(peers: list[Peer], since: float, waiting: list[str]) -> bool:
+    """Every process says the stream started again and holds events received after `since` (Unix s). While not,
+    `waiting` holds what the last check still waited for, so a timeout can say which process and why."""
+    waiting.clear()
     for peer in peers:
-        if "came back empty" not in await peer.call(f"get_{MARKET}_stream_status"):
-            return False
+        status = await peer.call(f"get_{MARKET}_stream_status")
+        if "came back empty" not in status:
+            waiting.append(f"{peer.name} has not seen the reset: {status}")
+            continue
         events = await peer.events()
         if not events or datetime.fromisoformat(events[-1]["received_at"]).timestamp() <= since:
-            return False
-    return True
+            waiting.append(f"{peer.name} holds no event received since Redis returned: {status}")
+    return not waiting
 
 
 # -- the pieces the wiring needs, checked without processes ------------------------------------------------------

@@ -7,6 +7,8 @@ Per market and event type, one view (schema.VIEWS) over three parts, without dup
 - buffered events not on disk yet (the last second before a flush, or everything when recording is off):
   frames from the live source, parsed into internal.live_<view> for the views a query reads, also incrementally
   (only frames not seen before), so a query over a 1,000-event buffer that barely moved parses next to nothing.
+  The view reads the rows at or above its market's live floor (a session variable: newer than the disk and still
+  in the ring), so rows that fell below it cost no DELETE per query; they are deleted once they outnumber the ring.
 A segment is read as JSONL while its JSONL exists and as Parquet once it is gone (compaction removes the JSONL only
 after its Parquet is complete, so a segment is never counted twice or missed). A buffered frame counts only when
 it is newer than everything on disk: the recorder stamps frames with strictly increasing receive times, so
@@ -79,6 +81,7 @@ class _Tail:
 class _Live:
     hi: int = -1  # newest live frame parsed into the view's live table
     low: int | None = None  # a lower bound of the rows in it; None when it is empty
+    frames: int = 0  # frames parsed into it since it was last emptied of rows below the floor
 
 
 @dataclass
@@ -88,6 +91,7 @@ class _MarketState:
     parquet: tuple[Path, ...] = ()  # the files the views read now
     with_tail: bool = True  # whether the views read the tail table (not while no JSONL segment is parsed)
     watermark: int = -1  # newest event ns on disk
+    floor: int = 0  # the live floor the session variable holds: views read live rows received at or after it
 
 
 class _FilesChanged(Exception):
@@ -110,6 +114,14 @@ def _frame_lines(frames: Sequence[LiveFrame]) -> tuple[list[int], list[str]]:
         ns.append(frame.recv_ns)
         arr.append(text)
     return ns, arr
+
+
+def _floor_variable(market: str) -> str:
+    return f"live_floor_{market}"
+
+
+# Above any receive time: the floor of a market whose buffer is empty (its live rows are all gone or on disk).
+_NO_LIVE_ROWS = 2**62
 
 
 def _segment_key(first_ns: int, pid: int) -> str:
@@ -211,13 +223,16 @@ class QueryEngine:
                 "allow_community_extensions": False,
             },
         )
-        cur = self._db.cursor()
+        # The one session every statement runs in (under self._lock): the views read its live floors, which are
+        # session variables, and a statement costs no connection set-up.
+        cur = self._session = self._db.cursor()
         cur.execute("SET TimeZone = 'UTC'")  # now() and TIMESTAMPTZ in UTC, like the views' times
         cur.execute("SET parquet_metadata_cache = true")  # views over many files bind without rereading footers
         cur.execute(f"SET allowed_directories = [{literal(str(self.data_dir) + os.sep)}]")
         cur.execute("SET enable_external_access = false")
         cur.execute("CREATE SCHEMA internal")
         for market in self.markets:
+            cur.execute(f"SET VARIABLE {_floor_variable(market)} = 0")
             self._create_tables(cur, SCHEMAS[market])
             self._create_views(cur, SCHEMAS[market], (), True)  # files are listed when a query first reads the market
         self._attach_saved(cur)
@@ -228,7 +243,6 @@ class QueryEngine:
                 "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category = 'reserved'"
             ).fetchall()
         )
-        cur.close()
 
     @classmethod
     def from_settings(cls, settings: Settings, live: LiveSource | None = None) -> QueryEngine:
@@ -256,11 +270,12 @@ class QueryEngine:
         self, cur: duckdb.DuckDBPyConnection, market: MarketSchema, files: Sequence[Path], with_tail: bool
     ) -> None:
         """Each view: the Parquet files, the tail table when `with_tail` (an empty one still costs a query about
-        1 ms: with recording off it is always empty) and the live table."""
+        1 ms: with recording off it is always empty) and the live table's rows at or above the market's floor."""
+        floor = f"getvariable({literal(_floor_variable(market.market))})"
         for event in market.events:
             stored = ", ".join(["received_ns", *(quote(c.stored) for c in event.columns)])
             ev = literal(event.ev)
-            parts = [f"SELECT {stored} FROM internal.live_{event.view}"]
+            parts = [f"SELECT {stored} FROM internal.live_{event.view} WHERE received_ns >= {floor}"]
             if with_tail:
                 parts.insert(0, f"SELECT {stored} FROM internal.tail_{market.market} WHERE ev = {ev}")
             if files:
@@ -336,8 +351,16 @@ class QueryEngine:
         files = tuple(c.path for c in compacted)
         watermark = max([watermark, *(c.last_ns for c in compacted)])
         state.watermark = watermark
+        floor = max(watermark + 1, frames[0].recv_ns) if frames else _NO_LIVE_ROWS
         for event in views:
-            self._refresh_live(cur, schema, event, state, frames)
+            self._refresh_live(cur, schema, event, state, frames, floor)
+        # The variable may lag the floor while no table read holds rows between the two (after a table is
+        # replaced, it holds none below the floor): a lower floor hides nothing that should show. Once one does,
+        # or the floor moved back, it is set.
+        stale = any(low is not None and low < floor for low in (state.live[e.ev].low for e in views))
+        if floor != state.floor and (stale or floor < state.floor):
+            cur.execute(f"SET VARIABLE {_floor_variable(market)} = {floor}")
+            state.floor = floor
         with_tail = bool(state.tails)
         if files != state.parquet or with_tail != state.with_tail:
             self._create_views(cur, schema, files, with_tail)
@@ -402,33 +425,33 @@ class QueryEngine:
         event: EventSchema,
         state: _MarketState,
         frames: Sequence[LiveFrame],
+        floor: int,
     ) -> None:
-        """Parse the buffered frames not seen before and newer than the disk into a view's live table; drop its
-        rows now on disk or out of the ring."""
+        """Parse the buffered frames not seen before and newer than the disk into a view's live table. Its rows
+        below `floor` (on disk, or out of the ring) are hidden by the view, and deleted once they may outnumber the
+        ring's: a DELETE per query would cost more than the rows it removes."""
         table = f"internal.live_{event.view}"
         live = state.live[event.ev]
-        floor = state.watermark
-        new = [f for f in frames if f.recv_ns > max(floor, live.hi)]
+        new = [f for f in frames if f.recv_ns > max(state.watermark, live.hi)]
         if new:  # (typed as segment lines are, by a statement made for the buffer's frames: see frame_rows_sql)
             ns, arr = _frame_lines(new)
             if ns and eventsql.present_events(schema, b"".join(f.raw for f in new), (event,)):
                 rows = eventsql.frame_rows_sql(schema, event)
                 if live.low is not None and live.hi >= frames[0].recv_ns:
                     cur.execute(f"INSERT INTO {table} BY NAME {rows}", {"ns": ns, "arr": arr})
+                    live.frames += len(new)
                 else:  # nothing parsed before is still in the ring: one statement instead of a DELETE and an INSERT
                     cur.execute(f"CREATE OR REPLACE TABLE {table} AS {rows}", {"ns": ns, "arr": arr})
-                    live.low = new[0].recv_ns
+                    live.low, live.frames = new[0].recv_ns, len(new)
             live.hi = new[-1].recv_ns
-        if live.low is None:
+        if live.low is None or live.low >= floor:
             return
         if not frames:
             cur.execute(f"DELETE FROM {table}")
-            live.low = None
-            return
-        oldest = frames[0].recv_ns
-        if live.low <= floor or live.low < oldest:
-            cur.execute(f"DELETE FROM {table} WHERE received_ns <= ? OR received_ns < ?", [floor, oldest])
-            live.low = max(floor + 1, oldest)
+            live.low, live.frames = None, 0
+        elif live.frames > 2 * len(frames):  # at least as many frames below the floor as in the ring
+            cur.execute(f"DELETE FROM {table} WHERE received_ns < ?", [floor])
+            live.low, live.frames = floor, len(frames)
 
     # -- running queries ---------------------------------------------------------------------------------------
 
@@ -522,7 +545,7 @@ class QueryEngine:
             rows = rel.fetchmany(max_rows + 1)
             truncated = len(rows) > max_rows
             total: int | None = len(rows)
-            if truncated:
+            if truncated:  # (the count's statement also ends this result, which the session would keep till the next)
                 total = self._count(cur, checked)
         except duckdb.InterruptException:
             raise QueryTimeout(
@@ -651,6 +674,7 @@ class QueryEngine:
     def close(self) -> None:
         self._watchdog.close()
         with self._lock:
+            self._session.close()
             self._db.close()
 
 
@@ -661,25 +685,15 @@ class SaveSummary:
 
 
 class _Session:
-    """The engine's lock (waited for up to the time limit) and a fresh cursor, as a context manager."""
+    """The engine's lock (waited for up to the time limit) and its one session, as a context manager."""
 
     def __init__(self, engine: QueryEngine) -> None:
         self.engine = engine
-        self.cur: duckdb.DuckDBPyConnection | None = None
 
     def __enter__(self) -> duckdb.DuckDBPyConnection:
         if not self.engine._lock.acquire(timeout=self.engine.timeout):
             raise QueryTimeout(f"Another query kept the engine busy for {self.engine.timeout:g} s; retry in a moment.")
-        try:
-            self.cur = self.engine._db.cursor()
-        except BaseException:
-            self.engine._lock.release()
-            raise
-        return self.cur
+        return self.engine._session
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            if self.cur is not None:
-                self.cur.close()
-        finally:
-            self.engine._lock.release()
+        self.engine._lock.release()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import decimal
-import io
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +11,7 @@ from dataclasses import dataclass
 import orjson
 
 from mcp_polygon.cells import cell_text as format_cell
+from mcp_polygon.cells import csv_column, csv_line, quoted
 
 
 @dataclass(frozen=True)
@@ -73,10 +72,21 @@ def cell_text(value: object) -> str:
     return format_cell(plain)
 
 
-def _csv_line(cells: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(cells)
-    return buffer.getvalue()
+# Values _plain leaves as they are and cells.cell_text formats alone: a column of only these takes csv_column's
+# whole-column paths (an aggregate's answer is numbers and symbols), where a cell at a time costs ~1.5 us.
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
+def _column_fields(values: Sequence[object]) -> list[str]:
+    if set(map(type, values)) <= _SCALAR_TYPES:
+        return csv_column(values)
+    return [quoted(cell_text(v)) for v in values]
+
+
+def _csv_lines(result: QueryResult) -> list[str]:
+    """Each row as one CSV line with its newline, formatted a column at a time."""
+    columns = [_column_fields([row[i] for row in result.rows]) for i in range(len(result.columns))]
+    return [csv_line(fields) + "\n" for fields in zip(*columns, strict=True)]
 
 
 def _count_text(result: QueryResult) -> str:
@@ -108,13 +118,12 @@ def render_csv(
     budget = max_chars - len(head) - len(tail) - marker_room
     parts: list[str] = []
     used = 0
-    header_line = _csv_line(result.columns)
+    header_line = csv_line([quoted(c) for c in result.columns]) + "\n"
     written = 0
     if len(header_line) <= budget:
         parts.append(header_line)
         used = len(header_line)
-        for row in result.rows:
-            line = _csv_line([cell_text(v) for v in row])
+        for line in _csv_lines(result):
             if used + len(line) > budget:
                 break
             parts.append(line)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import multiprocessing
 import os
 import shutil
 import threading
@@ -13,7 +15,13 @@ import pytest
 
 from conftest import counting_loop_turns
 from mcp_polygon.analytics import compaction
-from mcp_polygon.analytics.compaction import CompactionError, compact_segment, finish_pending, replay_compacted
+from mcp_polygon.analytics.compaction import (
+    CompactionError,
+    SegmentBusy,
+    compact_segment,
+    finish_pending,
+    replay_compacted,
+)
 from mcp_polygon.simulator.events import MARKETS as SIM_MARKETS
 from mcp_polygon.simulator.events import EventFactory
 from mcp_polygon.streams import recorder as rec
@@ -379,3 +387,57 @@ def test_a_failing_callback_does_not_stop_the_compactor(tmp_path):
     assert compactor.wait(30)
     compactor.close(5)
     assert calls == [first, second] and compactor.compacted == 2
+
+
+def _compact_or_busy(path: str) -> str:
+    """In another process: compact one segment; 'busy' when a compaction elsewhere holds it."""
+    try:
+        return str(compact_segment(Path(path), "stocks").target)
+    except SegmentBusy:
+        return "busy"
+
+
+def test_a_segment_another_process_is_compacting_is_left_to_it(tmp_path):
+    # Two processes sharing a data dir (the shared feed hands recording from one to the other) both queue the
+    # segment the first just closed. Only one may write it: the other steps aside without touching anything.
+    directory = tmp_path / "stocks"
+    _record(directory, _frames("stocks", 50))
+    segment = _one_closed(directory)
+    expected = _jsonl(directory, 0, END, 10**6)
+    with compaction.claimed(segment):
+        with pytest.raises(SegmentBusy, match="another"):
+            compact_segment(segment, "stocks")
+        assert segment.exists() and not compaction.list_compacted(directory)
+        assert not [p for p in directory.iterdir() if p.name.startswith(".")]  # no temporary written
+    _same(replay_compacted(compact_segment(segment, "stocks").target, 0, END, limit=10**6).events, expected)
+    # Queued again after it was compacted (the other process's queue ran late): nothing to do, nothing failed.
+    compactor = compaction.Compactor()
+    compactor.submit(segment, "stocks")
+    assert compactor.wait(30)
+    compactor.close(5)
+    assert compactor.failed == 0
+
+
+def test_two_processes_compacting_the_same_segments_publish_each_once_and_whole(tmp_path):
+    directory = tmp_path / "stocks"
+    expected = []
+    for i in range(4):  # four closed segments, far apart in time
+        r = rec.Recorder(directory, 1 << 30, segment_bytes=1 << 30)
+        frames = _frames("stocks", 300, seed=i)
+        for k, raw in enumerate(frames):
+            r.write(raw, len(orjson.loads(raw)), T0 + i * 10**12 + k * 10**6)
+        r.close()
+    segments = [s.path for s in rec.list_segments(directory) if s.closed]
+    assert len(segments) == 4
+    for seg in segments:
+        lo, hi = (int(x) for x in seg.name.split("-")[:2])
+        expected.append(_jsonl(directory, lo, hi, 10**6))
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
+        runs = [pool.submit(_compact_or_busy, str(seg)) for seg in segments for _ in range(2)]
+        outcomes = [run.result(timeout=120) for run in runs]
+    assert all(o == "busy" or o.endswith(".parquet") for o in outcomes), outcomes
+    files = compaction.list_compacted(directory)
+    assert len(files) == 4 and not rec.list_segments(directory)
+    for cseg, want in zip(files, expected, strict=True):
+        _same(replay_compacted(cseg.path, 0, END, limit=10**6).events, want)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from conftest import mcp_session, ok, text_of, until
 from mcp_polygon.analytics import list_compacted
 from mcp_polygon.config import Settings
 from mcp_polygon.server import build_app
+from mcp_polygon.simulator.events import EventFactory
 from mcp_polygon.streams import recorder as rec
 
 
@@ -146,6 +149,36 @@ async def test_a_restarted_server_answers_over_the_earlier_recordings_compacted_
         replayed = await replayed_events(client)
         assert replayed == replayed_before  # Parquet replays exactly what JSONL did
         assert [e["i"] for e in replayed] == [e["i"] for e in events]
+
+
+async def test_a_restart_compacts_what_an_earlier_run_left_even_if_no_stream_starts(settings):
+    # An earlier run recorded and stopped before compacting: closed segments, and one left open by a process that
+    # is gone (kill -9). This run never starts a stream, yet its compactor finishes them, and SQL answers the
+    # same before and after.
+    directory = settings.data_dir / "stocks"
+    factory = EventFactory(3)
+    recorder = rec.Recorder(directory, 1 << 30, segment_bytes=16 << 10)
+    sizes = []
+    for i in range(400):
+        ns = time.time_ns() - 3600 * 10**9 + i * 10**6
+        events = [factory.event("stocks", "T", "AAPL", ns), factory.event("stocks", "T", "MSFT", ns)]
+        sizes += [e["s"] for e in events]
+        recorder.write(orjson.dumps(events), len(events), ns)
+    recorder.flush()  # the open segment stays open, named with this pid: give it a pid that is gone
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await gone.wait()
+    (open_segment,) = [s for s in rec.list_segments(directory) if not s.closed]
+    dead_name = open_segment.path.name.replace(f"-{os.getpid()}.", f"-{gone.pid}.")
+    open_segment.path.rename(open_segment.path.with_name(dead_name))  # (its file is left unclosed, as a kill leaves it)
+    assert len([s for s in rec.list_segments(directory) if s.closed]) >= 3
+    want = [{"n": str(len(sizes)), "v": str(sum(sizes))}]
+    sql = "SELECT count(*) AS n, sum(size) AS v FROM stocks_trades"
+    async with build_app(settings) as app, mcp_session(app.server) as client:
+        assert table(await ok(client, "query_market_data", sql=sql)) == want  # JSONL, or Parquet where done
+        assert app.analytics is not None
+        assert await asyncio.to_thread(app.analytics.compactor.wait, 30)
+        assert not rec.list_segments(directory) and len(list_compacted(directory)) >= 4
+        assert table(await ok(client, "query_market_data", sql=sql)) == want
 
 
 @pytest.mark.parametrize(

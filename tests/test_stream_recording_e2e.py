@@ -66,8 +66,11 @@ async def test_corrupt_lines_are_skipped_and_counted_by_the_replay_tool(sim, set
     r = rec.Recorder(directory, 1 << 30)
     for i in range(30):
         r.write(orjson.dumps([{"ev": "T", "sym": "AAPL", "p": 1.0, "s": i, "t": 1}]), 1, t0 + i * S)
-    r.close()
+    # Left open by this (live) process, so the server's start does not compact it: compaction keeps only the lines
+    # replay trusts, so damage is found and counted in JSONL, the open segment's form.
+    r.flush()
     (seg,) = rec.list_segments(directory)
+    assert not seg.closed
     lines = seg.path.read_bytes().split(b"\n")
     lines[10] = b"garbage line"
     lines[20] = b"9" + lines[20][1:]  # a damaged time, far in the future

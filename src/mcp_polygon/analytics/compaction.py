@@ -7,6 +7,9 @@ cannot give it back exactly; see eventsql). One file per segment, not one per ev
 publishes the whole segment: the Parquet is written to a hidden temporary name, flushed to disk and renamed, and
 only then is the JSONL removed. A crash at any point leaves either the complete JSONL (compacted again by
 finish_pending) or the complete Parquet; never a segment in neither, and readers take the JSONL while it exists.
+Processes sharing a data dir may queue the same segment (the shared feed hands recording from one to another, and
+the new recorder queues every closed segment it finds): a compaction holds an exclusive lock on the JSONL from
+its first read to its removal, and any other steps aside (SegmentBusy), so one temporary file is written at a time.
 
 Replay reads a compacted segment back as the exact (event ns, raw event dict) pairs a JSONL replay gives: the
 rows are filtered by DuckDB (time window and channel filter pushed down, so a `T.AAPL` replay decodes only the
@@ -20,6 +23,7 @@ process-wide DuckDB instance (one thread, bounded memory), and DuckDB releases t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -27,7 +31,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -38,7 +42,7 @@ import orjson
 from mcp_polygon.analytics import eventsql
 from mcp_polygon.analytics.eventsql import literal, quote
 from mcp_polygon.analytics.schema import SCHEMAS, EventSchema, MarketSchema
-from mcp_polygon.streams.recorder import named_files
+from mcp_polygon.streams.recorder import finalize_orphans, named_files
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,38 @@ class ChannelSelection(Protocol):
 
 class CompactionError(OSError):
     """A segment could not be compacted; the message says which and why. The JSONL is left as it was."""
+
+
+class SegmentBusy(CompactionError):
+    """Another compaction holds the segment (in this process or another sharing the data dir), or published it
+    and removed the JSONL meanwhile: nothing is wrong and nothing is left to do."""
+
+
+@contextlib.contextmanager
+def claimed(path: Path) -> Iterator[None]:
+    """Hold a segment for one compaction: an exclusive, non-blocking flock on the JSONL, which the kernel releases
+    if the process dies. Raises SegmentBusy when another holds it, or when the name no longer is the file locked
+    (the holder published it and removed the JSONL before this lock was granted)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise SegmentBusy(f"{path.name} was compacted meanwhile") from None
+    except OSError as exc:
+        raise CompactionError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SegmentBusy(f"{path.name} is being compacted by another process or thread") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise SegmentBusy(f"{path.name} was compacted meanwhile")
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
 
 
 @dataclass(frozen=True)
@@ -248,7 +284,7 @@ def compact_segment(path: Path, market: str | None = None) -> CompactionResult:
 
     `market` defaults to the segment's directory name (the recorder's layout: <data_dir>/<market>/).
     Raises CompactionError (the JSONL is then untouched) when the file is not a closed segment or cannot be read
-    or written.
+    or written, and its SegmentBusy when another compaction holds the segment or has just published it.
     """
     path = Path(path)
     named = _CLOSED_JSONL.match(path.name)
@@ -258,6 +294,11 @@ def compact_segment(path: Path, market: str | None = None) -> CompactionResult:
     started = time.perf_counter()
     if not path.is_file():
         raise CompactionError(f"cannot read {path}: not a file")
+    with claimed(path):
+        return _compact_claimed(path, schema, named, started)
+
+
+def _compact_claimed(path: Path, schema: MarketSchema, named: re.Match[str], started: float) -> CompactionResult:
     target = parquet_path(path)
     tmp = path.with_name("." + path.stem + _TMP_SUFFIX)
     cur = _cursor()
@@ -387,6 +428,19 @@ class Compactor:
 
         self._put(job)
 
+    def submit_leftovers(self, directory: Path, market: str | None = None) -> None:
+        """Queue what earlier runs left in `directory`, for a market whose stream this run may never start (its
+        recorder would queue the same when it starts, and a segment queued twice is compacted once): segments left
+        open by processes that are gone are closed, then every closed segment is compacted. Temporary files stay:
+        another process sharing the data dir may be writing one."""
+
+        def job() -> None:
+            finalize_orphans(Path(directory))
+            for segment in pending_segments(Path(directory)):
+                self._compact(segment, market)
+
+        self._put(job)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Until every queued segment is done; False when `timeout` (seconds) ran out first."""
         with self._changed:
@@ -430,6 +484,9 @@ class Compactor:
         try:
             outcome = compact_segment(path, market)
             self.compacted += 1
+        except SegmentBusy as exc:  # another process sharing the data dir has it: not a failure, nothing to report
+            log.debug("compaction skipped: %s", exc)
+            return
         except CompactionError as exc:
             outcome = exc
             self.failed += 1

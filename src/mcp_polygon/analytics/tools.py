@@ -90,11 +90,13 @@ def live_source(manager: StreamManager) -> Callable[[str], Sequence[LiveFrame]]:
 
 def build_analytics(settings: Settings, manager: StreamManager) -> Analytics:
     """The engine over settings.data_dir, wired to the manager: its buffers feed the views, and every segment a
-    recorder closes goes to the compaction queue. Segments an earlier run left uncompacted are queued when that
-    market's recorder starts (Recorder._prepare); until then the views read them as JSONL, so nothing is missed."""
+    recorder closes goes to the compaction queue. What earlier runs left uncompacted is queued now, for every
+    stream market (its stream may never start in this run); until it is done the views read it as JSONL."""
     compactor = Compactor()
     engine = QueryEngine.from_settings(settings, live_source(manager))
     manager.on_segment_closed = compactor.submit
+    for market in engine.markets:
+        compactor.submit_leftovers(engine.data_dir / market, market)  # (listed in the compactor's thread)
     return Analytics(engine=engine, compactor=compactor, redact=manager.redact, settings=settings)
 
 

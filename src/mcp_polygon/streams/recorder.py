@@ -224,7 +224,7 @@ def _seal(path: Path, first_ns: int, pid: int) -> None:
             path.rename(path.with_name(f"{first_ns:020d}-{last:020d}-{pid}.jsonl"))
 
 
-def _finalize_orphans(directory: Path) -> None:
+def finalize_orphans(directory: Path) -> None:
     """Close segments left open by processes that are gone (crash, kill -9): rename them with their last time."""
     for seg in list_segments(directory):
         if not seg.closed and not _pid_alive(seg.pid):
@@ -330,7 +330,7 @@ class Recorder:
     def _prepare(self) -> None:
         self._prepared = False
         self.directory.mkdir(parents=True, exist_ok=True)
-        _finalize_orphans(self.directory)
+        finalize_orphans(self.directory)
         self._enforce_retention()
         segs = list_segments(self.directory)
         spans = [s.last_ns or s.first_ns for s in segs] + [c.last_ns for c in list_parquet(self.directory)]

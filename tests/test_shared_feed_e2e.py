@@ -252,6 +252,43 @@ async def all_restarted(peers: list[Peer], since: float, waiting: list[str]) -> 
 # -- the pieces the wiring needs, checked without processes ------------------------------------------------------
 
 
+async def test_a_new_grant_owns_only_after_the_previous_owner_wound_down() -> None:
+    # Redis back empty before the lease ran out: the keeper goes from one grant straight to the next. The old
+    # owner's teardown (closing its socket, clearing the session both use) once ran beside the new owner's start,
+    # and wiped its fresh subscriptions: the one-in-fifteen failure of the test above, under load.
+    from types import SimpleNamespace
+
+    from mcp_polygon.streams.shared import SharedMarket
+
+    timeline: list[str] = []
+
+    async def own(grant: Any) -> None:
+        timeline.append(f"{grant} starts")
+        try:
+            await asyncio.sleep(60)
+        finally:
+            timeline.append(f"{grant} tears down")
+            await asyncio.sleep(0.2)  # (closing a socket takes up to its close timeout)
+            timeline.append(f"{grant} is down")
+
+    market = SharedMarket(hub=None, stream=SimpleNamespace(market=SimpleNamespace(name="stocks")))  # type: ignore[arg-type]
+    market._own = own  # type: ignore[method-assign]
+    market._lease_changed("A")  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    market._lease_changed("B")  # type: ignore[arg-type]  # straight from one grant to the next
+    await asyncio.sleep(0.4)
+    assert timeline == ["A starts", "A tears down", "A is down", "B starts"]
+    market._lease_changed(None)  # lost, then granted again at once, then lost while still waiting
+    market._lease_changed("C")  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    market._lease_changed(None)
+    market._lease_changed("D")  # type: ignore[arg-type]
+    await asyncio.sleep(0.4)
+    assert timeline[4:] == ["B tears down", "B is down", "D starts"]
+    await market._stop_owning()  # (what leaving does): returns once every owner task is down
+    assert timeline[-1] == "D is down" and market.owner_task is None and not market.teardowns
+
+
 def test_buffer_append_at_keeps_shared_seqs_and_reports_skipped_ones_as_a_gap() -> None:
     from mcp_polygon.streams.buffer import MessageBuffer
     from mcp_polygon.streams.markets import MARKETS

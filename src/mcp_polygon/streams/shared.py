@@ -106,6 +106,7 @@ class SharedMarket:
         self.name = stream.market.name
         self.keeper: LeaseKeeper | None = None
         self.owner_task: asyncio.Task[None] | None = None
+        self.teardowns: set[asyncio.Task[None]] = set()  # owner tasks told to stop that are still winding down
         self.reader_task: asyncio.Task[None] | None = None
         self.epoch: str | None = None  # the shared stream's epoch the buffer's seqs belong to
         self.resets = 0
@@ -147,17 +148,34 @@ class SharedMarket:
 
     def _lease_changed(self, grant: LeaseGrant | None) -> None:
         # Called in the keeper's task: the owner's work runs in a task of its own, torn down on loss.
-        if self.owner_task is not None and not self.owner_task.done():
-            self.owner_task.cancel()
-        self.owner_task = None
+        previous, self.owner_task = self.owner_task, None
+        self._retire(previous)
         if grant is not None:
-            self.owner_task = asyncio.create_task(self._own(grant), name=f"shared-own-{self.name}")
+            waits = tuple(self.teardowns)
+            self.owner_task = asyncio.create_task(self._own_after(waits, grant), name=f"shared-own-{self.name}")
+
+    async def _own_after(self, previous: tuple[asyncio.Task[None], ...], grant: LeaseGrant) -> None:
+        """Own under a new grant once every earlier owner task has wound down. A grant can follow a loss or another
+        grant within moments (Redis came back empty), and an old task's teardown (closing its socket, up to the
+        close timeout, then clearing the session they share) must not land on the new connection: it cleared the
+        subscriptions the new one had just made and cut its authentication short."""
+        if previous:
+            await asyncio.wait(previous)
+        await self._own(grant)
 
     async def _stop_owning(self) -> None:
+        """Stop owning and wait until every owner task is down: the socket is closed before the lease goes."""
         task, self.owner_task = self.owner_task, None
-        if task is not None:
+        self._retire(task)
+        if self.teardowns:
+            await asyncio.wait(tuple(self.teardowns))
+
+    def _retire(self, task: asyncio.Task[None] | None) -> None:
+        """Tell an owner task to stop, and keep it in `teardowns` until it is down."""
+        if task is not None and not task.done():
             task.cancel()
-            await asyncio.wait([task])
+            self.teardowns.add(task)
+            task.add_done_callback(self.teardowns.discard)
 
     async def _own(self, grant: LeaseGrant) -> None:
         stream, manager = self.stream, self.hub.manager

@@ -110,6 +110,41 @@ def test_forex_and_crypto_quotes_give_bid_ask_and_spread(engine):
     )
 
 
+def bar(ev: str, sym: str, o: float, h: float, lo: float, c: float, v: float, vw: float, start_ms: int, key="sym"):
+    return {"ev": ev, key: sym, "o": o, "h": h, "l": lo, "c": c, "v": v, "vw": vw, "s": start_ms, "e": start_ms + 999}
+
+
+def test_a_symbol_without_trades_takes_its_prices_from_its_finest_bars(engine):
+    frames = [
+        # AAPL has trades and bars: the trades give its prices.
+        frame(T0, trade("AAPL", 100.0, 10, 1), bar("AM", "AAPL", 90, 95, 85, 92, 1000, 91, 0)),
+        # MSFT has minute bars only (AM.MSFT): open of the first, high/low over all, close of the last.
+        frame(T0 + S, bar("AM", "MSFT", 420, 425, 418, 421, 300, 421.5, 60_000)),
+        frame(T0 + 2 * S, bar("AM", "MSFT", 421, 428, 420, 427, 80, 425.0, 120_000)),
+        frame(T0 + 2 * S + 10**6, bar("AM", "MSFT", 421, 430, 420, 429, 100, 426.0, 120_000)),  # that bar, revised
+        # NVDA has both: its second bars are finer, so the minute bar (from the same trades) is not counted again.
+        frame(T0 + 3 * S, bar("A", "NVDA", 130, 131, 129.5, 130.5, 50, 130.2, 1_000)),
+        frame(T0 + 4 * S, bar("A", "NVDA", 130.5, 132, 130, 131.5, 150, 131.0, 2_000)),
+        frame(T0 + 5 * S, bar("AM", "NVDA", 100, 200, 50, 150, 9999, 120, 0)),
+    ]
+    rows = _rows(engine.summary_sync("stocks", live={"stocks": frames}))
+    aapl, msft, nvda = rows["AAPL"], rows["MSFT"], rows["NVDA"]
+    assert (aapl["last_price"], aapl["open"], aapl["volume"], aapl["trades"]) == (100.0, 100.0, 10, 1)
+    assert (msft["last_price"], msft["open"], msft["high"], msft["low"], msft["close"]) == (429, 420, 430, 418, 429)
+    assert msft["volume"] == 400 and msft["vwap"] == pytest.approx((421.5 * 300 + 426.0 * 100) / 400)
+    assert msft["last_time"] == dt.datetime(1970, 1, 1, 0, 2, 0, 999000) and msft["trades"] is None
+    assert (nvda["open"], nvda["high"], nvda["low"], nvda["close"], nvda["volume"]) == (130, 132, 129.5, 131.5, 200)
+    assert nvda["vwap"] == pytest.approx((130.2 * 50 + 131.0 * 150) / 200)
+    # Forex has no trades: its bars give the prices beside the last quote's bid and ask.
+    fx = [
+        frame(T0, {"ev": "C", "p": "EUR/USD", "x": 48, "a": 1.0802, "b": 1.08, "t": 1}),
+        frame(T0 + S, bar("CA", "EUR/USD", 1.079, 1.081, 1.0785, 1.0801, 12, 0, 0, key="pair")),
+    ]
+    eur = _rows(engine.summary_sync("forex", live={"forex": fx}))["EUR/USD"]
+    assert (eur["bid"], eur["ask"], eur["last_price"], eur["high"], eur["volume"]) == (1.08, 1.0802, 1.0801, 1.081, 12)
+    assert "vwap" not in eur  # forex bars carry none
+
+
 def test_window_forms_and_errors():
     now = 1_800_000_000 * S
     assert parse_window(None) is None and parse_window("  ") is None

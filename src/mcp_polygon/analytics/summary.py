@@ -1,9 +1,12 @@
 """get_stream_summary: one row per symbol over a window, computed in SQL over the stream views.
 
-Prices come from trades (stocks, options, futures, crypto) or index values (indices); bid, ask and spread from the
-last quote (stocks, options, futures, forex, crypto). events_per_s counts every event of the symbol in the window,
-all event types, over the window's length (from `since` to now; without `since`, from the symbol's first event to
-its last, at least one second). "Last" means last received. Columns no row has a value for are left out.
+Prices come from trades (stocks, options, futures, crypto) or index values (indices); a symbol with neither in the
+window (subscribed to bars only, or forex, which has no trades) takes them from its bars: second bars when it has
+any, else minute bars (open of the first, high and low over all, close of the last, volume summed, vwap weighted
+by volume). bid, ask and spread come from the last quote (stocks, options, futures, forex, crypto). events_per_s
+counts every event of the symbol in the window, all event types, over the window's length (from `since` to now;
+without `since`, from the symbol's first event to its last, at least one second). "Last" means last received.
+Columns no row has a value for are left out.
 """
 
 from __future__ import annotations
@@ -60,6 +63,35 @@ def _first(events: Sequence[EventSchema], prefixes: frozenset[str]) -> EventSche
     return next((e for e in events if e.ev in prefixes), None)
 
 
+def _bars_cte(events: Sequence[EventSchema], where: str) -> str | None:
+    """SQL of CTE `b`: one row per symbol from its finest bars in the window (second bars if it has any, else
+    minute bars), each window counted once (a bar sent again for the same window, revised, replaces the earlier
+    one); None when the market has no bars."""
+    grains = [e for suffix in ("_second_aggs", "_minute_aggs") for e in events if e.view.endswith(suffix)]
+    if not grains:
+        return None
+    have = set.intersection(*(set(e.view_columns) for e in grains))
+    volume = "volume" if "volume" in have else "NULL"
+    vwap = "vwap" if "vwap" in have and "volume" in have else "NULL"
+    parts = " UNION ALL ".join(
+        f"SELECT symbol, received, {rank} AS grain, coalesce(start_time, received) AS opened, "
+        f"coalesce(end_time, received) AS closed, open, high, low, close, {volume} AS volume, {vwap} AS vwap "
+        f"FROM {quote(e.view)} {where}"
+        for rank, e in enumerate(grains)
+    )
+    latest = (
+        f"SELECT * FROM ({parts}) WHERE symbol IS NOT NULL "
+        "QUALIFY row_number() OVER (PARTITION BY symbol, grain, opened ORDER BY received DESC) = 1"
+    )
+    return (
+        "b AS (SELECT symbol, arg_max(close, closed) AS last_price, max(closed) AS last_time, "
+        "arg_min(open, opened) AS open, max(high) AS high, min(low) AS low, arg_max(close, closed) AS close, "
+        "sum(volume) AS volume, sum(vwap * volume) / nullif(sum(volume), 0) AS vwap, count(*) AS bars "
+        f"FROM (SELECT *, min(grain) OVER (PARTITION BY symbol) AS finest FROM ({latest})) "
+        "WHERE grain = finest GROUP BY symbol)"
+    )
+
+
 def _symbols_sql(symbols: Sequence[str] | None) -> str:
     if not symbols:
         return "TRUE"
@@ -107,8 +139,8 @@ def summary_query(
         ctes.append(
             "v AS (SELECT symbol, arg_max(value, received) AS last_price, "
             "coalesce(arg_max(timestamp, received), max(received)) AS last_time, arg_min(value, received) AS open, "
-            f"max(value) AS high, min(value) AS low, arg_max(value, received) AS close FROM {quote(values.view)} "
-            f"{where} GROUP BY symbol)"
+            "max(value) AS high, min(value) AS low, arg_max(value, received) AS close, count(*) AS n "
+            f"FROM {quote(values.view)} {where} GROUP BY symbol)"
         )
         joins.append("v")
     if quotes is not None:
@@ -117,6 +149,10 @@ def summary_query(
             f"FROM {quote(quotes.view)} {where} GROUP BY symbol)"
         )
         joins.append("q")
+    bars = _bars_cte(schema.events, where)
+    if bars is not None:
+        ctes.append(bars)
+        joins.append("b")
     every = " UNION ALL ".join(f"SELECT symbol, received FROM {quote(e.view)} {where}" for e in schema.events)
     span = (
         f"greatest(1.0, ({now // 1000} - epoch_us(make_timestamp({since_ns // 1000}))) / 1e6)"
@@ -124,30 +160,36 @@ def summary_query(
         else "greatest(1.0, epoch_us(max(received) - min(received)) / 1e6)"
     )
     ctes.append(
-        f"e AS (SELECT symbol, count(*) AS events, count(*) / {span} AS events_per_s FROM ({every}) "
+        f"e AS (SELECT symbol, count(*) AS events, round(count(*) / {span}, 3) AS events_per_s FROM ({every}) "
         "WHERE symbol IS NOT NULL GROUP BY symbol)"
     )
+    # Which source a symbol's prices come from, first that has rows for it: one source per symbol, never a mix.
+    present = {"t": "t.trades", "v": "v.n", "b": "b.bars"}
 
     def pick(name: str, *sources: str) -> str:
-        present = [f"{s}.{name}" for s in sources if s in joins]
-        if not present:
+        held = [s for s in sources if s in joins]
+        if not held:
             return f"NULL AS {name}"
-        return f"{present[0] if len(present) == 1 else 'coalesce(' + ', '.join(present) + ')'} AS {name}"
+        if len(held) == 1:
+            return f"{held[0]}.{name} AS {name}"
+        cases = " ".join(f"WHEN {present[s]} IS NOT NULL THEN {s}.{name}" for s in held)
+        return f"CASE {cases} END AS {name}"
 
+    prices = ("t", "v", "b")
     select = [
         "e.symbol",
-        pick("last_price", "t", "v"),
+        pick("last_price", *prices),
         f"{size} AS last_size" if size else "NULL AS last_size",
-        pick("last_time", "t", "v"),
+        pick("last_time", *prices),
         pick("bid", "q"),
         pick("ask", "q"),
         "round(q.ask - q.bid, 10) AS spread" if "q" in joins else "NULL AS spread",
-        pick("open", "t", "v"),
-        pick("high", "t", "v"),
-        pick("low", "t", "v"),
-        pick("close", "t", "v"),
-        pick("volume", "t"),
-        pick("vwap", "t"),
+        pick("open", *prices),
+        pick("high", *prices),
+        pick("low", *prices),
+        pick("close", *prices),
+        pick("volume", "t", "b"),
+        pick("vwap", "t", "b"),
         pick("trades", "t"),
         "e.events",
         "e.events_per_s",

@@ -177,8 +177,8 @@ def register_analytics_tools(server: MCPServer, analytics: Analytics, settings: 
         title="Where each symbol is now",
         description=(
             "One row per symbol from the stream data held: last price/size/time, bid, ask, spread (last quote), "
-            "open, high, low, close, volume, vwap, trades, events_per_s over the window. Columns without data are "
-            "left out."
+            "open, high, low, close, volume, vwap, trades, events_per_s over the window; prices from trades "
+            "(indices: values), else bars. Columns without data are left out."
         ),
         annotations=_READ,
         structured_output=False,

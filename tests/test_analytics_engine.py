@@ -49,16 +49,20 @@ def live(frames) -> dict[str, list[LiveFrame]]:
     return {"stocks": [LiveFrame(ns, raw) for ns, raw, _ in frames]}
 
 
-def trades_by_symbol(frames) -> dict[str, tuple[int, float]]:
-    """symbol -> (trades, total size): the truth the views must give."""
+def by_symbol(frames, ev: str = "T", size_key: str = "s") -> dict[str, tuple[int, float]]:
+    """symbol -> (events of type `ev`, total of their `size_key`): the truth the views must give."""
     count: Counter[str] = Counter()
     size: Counter[str] = Counter()
     for _, _, events in frames:
         for e in events:
-            if e["ev"] == "T":
+            if e["ev"] == ev:
                 count[e["sym"]] += 1
-                size[e["sym"]] += e["s"]
+                size[e["sym"]] += e[size_key]
     return {s: (count[s], float(size[s])) for s in count}
+
+
+def trades_by_symbol(frames) -> dict[str, tuple[int, float]]:
+    return by_symbol(frames)
 
 
 def per_symbol(result: QueryResult) -> dict[str, tuple[int, float]]:
@@ -140,17 +144,6 @@ def test_a_ring_that_moved_past_everything_parsed_replaces_the_live_rows(engine)
 QUOTES_SQL = "SELECT symbol, count(*), sum(bid_size) FROM stocks_quotes GROUP BY symbol ORDER BY symbol"
 
 
-def quotes_by_symbol(frames) -> dict[str, tuple[int, float]]:
-    count: Counter[str] = Counter()
-    size: Counter[str] = Counter()
-    for _, _, events in frames:
-        for e in events:
-            if e["ev"] == "Q":
-                count[e["sym"]] += 1
-                size[e["sym"]] += e["bs"]
-    return {s: (count[s], float(size[s])) for s in count}
-
-
 def test_a_ring_sliding_in_small_steps_shows_exactly_its_events_and_keeps_the_live_rows_bounded(engine):
     # An agent polling a busy stream: each query sees a few new frames and a few dropped. Rows that left the ring
     # are hidden by the views' floor at once and deleted in batches; which views a query reads varies, so one
@@ -165,7 +158,7 @@ def test_a_ring_sliding_in_small_steps_shows_exactly_its_events_and_keeps_the_li
         if step % 3 != 1:
             assert per_symbol(engine.query_sync(TRADES_SQL, live=buffered)) == trades_by_symbol(window), step
         if step % 3 != 0:
-            assert per_symbol(engine.query_sync(QUOTES_SQL, live=buffered)) == quotes_by_symbol(window), step
+            assert per_symbol(engine.query_sync(QUOTES_SQL, live=buffered)) == by_symbol(window, "Q", "bs"), step
         held = engine._session.execute("SELECT count(*) FROM internal.live_stocks_trades").fetchall()[0][0]
         assert held <= 3 * ring * len(SYMBOLS) + 5 * len(SYMBOLS), (step, held)
     assert end > 5 * ring  # the ring moved well past its length, so deletes ran

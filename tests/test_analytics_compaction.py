@@ -410,6 +410,8 @@ def test_a_segment_another_process_is_compacting_is_left_to_it(tmp_path):
         assert segment.exists() and not compaction.list_compacted(directory)
         assert not [p for p in directory.iterdir() if p.name.startswith(".")]  # no temporary written
     _same(replay_compacted(compact_segment(segment, "stocks").target, 0, END, limit=10**6).events, expected)
+    with pytest.raises(SegmentBusy, match="gone"):  # the other one got there first: nothing left to do
+        compact_segment(segment, "stocks")
     # Queued again after it was compacted (the other process's queue ran late): nothing to do, nothing failed.
     compactor = compaction.Compactor()
     compactor.submit(segment, "stocks")

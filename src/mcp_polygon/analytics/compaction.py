@@ -79,8 +79,8 @@ class CompactionError(OSError):
 
 
 class SegmentBusy(CompactionError):
-    """Another compaction holds the segment (in this process or another sharing the data dir), or published it
-    and removed the JSONL meanwhile: nothing is wrong and nothing is left to do."""
+    """Another compaction holds the segment (in this process or another sharing the data dir), or the JSONL is gone
+    (published and removed by one, or deleted by retention): nothing is wrong and nothing is left to do."""
 
 
 @contextlib.contextmanager
@@ -284,7 +284,7 @@ def compact_segment(path: Path, market: str | None = None) -> CompactionResult:
 
     `market` defaults to the segment's directory name (the recorder's layout: <data_dir>/<market>/).
     Raises CompactionError (the JSONL is then untouched) when the file is not a closed segment or cannot be read
-    or written, and its SegmentBusy when another compaction holds the segment or has just published it.
+    or written, and its SegmentBusy when another compaction holds the segment or the JSONL is gone already.
     """
     path = Path(path)
     named = _CLOSED_JSONL.match(path.name)
@@ -292,6 +292,8 @@ def compact_segment(path: Path, market: str | None = None) -> CompactionResult:
         raise CompactionError(f"{path.name} is not a closed recorder segment (<first_ns>-<last_ns>-<pid>.jsonl)")
     schema = _market_of(path, market)
     started = time.perf_counter()
+    if not path.exists():  # (another compaction published it and removed the JSONL, or retention deleted it)
+        raise SegmentBusy(f"{path.name} is gone: compacted or deleted meanwhile")
     if not path.is_file():
         raise CompactionError(f"cannot read {path}: not a file")
     with claimed(path):

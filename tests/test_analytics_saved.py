@@ -24,6 +24,11 @@ ROWS = [
 ]
 
 
+def one_trade(recv_ns: int, *, price: float, size: float) -> dict[str, list[LiveFrame]]:
+    """A stocks buffer holding one AAPL trade, received at recv_ns: the live side of a join with a saved table."""
+    return {"stocks": [LiveFrame(recv_ns, orjson.dumps([{"ev": "T", "sym": "AAPL", "p": price, "s": size, "t": 1}]))]}
+
+
 @pytest.fixture
 def data(tmp_path):
     return tmp_path / "data"
@@ -41,12 +46,11 @@ def test_save_then_query_and_join_with_a_stream_view(data):
         )
         assert types["tags"] == "JSON"
         assert len(summary.preview.rows) == 3 and summary.preview.columns == summary.table.columns
-        trades = [LiveFrame(T0, orjson.dumps([{"ev": "T", "sym": "AAPL", "p": 230.5, "s": 10, "t": 1}]))]
         joined = engine.query_sync(
             "SELECT d.T, d.c, t.price, t.price - d.c AS change "
             "FROM daily_bars d JOIN stocks_trades t ON t.symbol = d.T",
             10,
-            {"stocks": trades},
+            one_trade(T0, price=230.5, size=10),
         )
         assert joined.rows == (("AAPL", 230.0, 230.5, 0.5),)
         assert "daily_bars" in [r[0] for r in engine.query_sync("SHOW TABLES", 100).rows]
@@ -140,12 +144,11 @@ def test_iso_times_are_saved_as_times_that_compare_and_join_with_the_stream_view
         first = engine.query_sync("SELECT epoch_ns(min(sip_time)) % 1000, max(day) FROM aapl_times", 10).rows
         assert first == ((1, dt.date(2025, 6, 15)),)
         recv_ns = 1_750_000_001 * 10**9  # 2025-06-15T14:26:41Z
-        trades = [LiveFrame(recv_ns, orjson.dumps([{"ev": "T", "sym": "AAPL", "p": 1.0, "s": 1, "t": 1}]))]
         joined = engine.query_sync(
             "SELECT count(*) FROM aapl_times a "
             "JOIN stocks_trades t ON t.symbol = a.ticker AND a.sip_time <= t.received",
             10,
-            {"stocks": trades},
+            one_trade(recv_ns, price=1.0, size=1),
         )
         assert joined.rows == ((2,),)
     finally:

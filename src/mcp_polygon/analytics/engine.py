@@ -605,12 +605,8 @@ class QueryEngine:
         event = VIEWS.get(table)
         if event is not None:
             return event.view_columns
-        if table in self._saved_tables:
-            cur = self._db.cursor()
-            try:
-                return tuple(r[0] for r in cur.execute(f"DESCRIBE {quote(table)}").fetchall())
-            finally:
-                cur.close()
+        if table in self._saved_tables:  # (asked under the lock, from _failure: the session is free)
+            return tuple(r[0] for r in self._session.execute(f"DESCRIBE {quote(table)}").fetchall())
         return ()
 
     # -- trusted queries (stream summary) -----------------------------------------------------------------------

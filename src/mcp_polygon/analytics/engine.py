@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,10 @@ def _frame_lines(frames: Sequence[LiveFrame]) -> tuple[list[int], list[str]]:
         ns.append(frame.recv_ns)
         arr.append(text)
     return ns, arr
+
+
+def _recv_ns(frame: LiveFrame) -> int:
+    return frame.recv_ns
 
 
 def _floor_variable(market: str) -> str:
@@ -432,7 +437,8 @@ class QueryEngine:
         ring's: a DELETE per query would cost more than the rows it removes."""
         table = f"internal.live_{event.view}"
         live = state.live[event.ev]
-        new = [f for f in frames if f.recv_ns > max(state.watermark, live.hi)]
+        # Frames come oldest first with strictly increasing stamps: the new ones are a tail, found by bisection.
+        new = frames[bisect_right(frames, max(state.watermark, live.hi), key=_recv_ns) :]
         if new:  # (typed as segment lines are, by a statement made for the buffer's frames: see frame_rows_sql)
             ns, arr = _frame_lines(new)
             if ns and eventsql.present_events(schema, b"".join(f.raw for f in new), (event,)):

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from mcp_polygon.analytics.engine import LiveFrame, QueryEngine
-from mcp_polygon.analytics.errors import InvalidName
+from mcp_polygon.analytics.errors import InvalidName, QueryFailed
 from mcp_polygon.analytics.results import render_csv
 
 S = 1_000_000_000
@@ -151,5 +151,18 @@ def test_iso_times_are_saved_as_times_that_compare_and_join_with_the_stream_view
             one_trade(recv_ns, price=1.0, size=1),
         )
         assert joined.rows == ((2,),)
+    finally:
+        engine.close()
+
+
+def test_an_unknown_column_of_a_saved_table_lists_its_columns(data):
+    engine = QueryEngine(data, markets=["stocks"])
+    try:
+        engine.save_sync("daily_bars", COLUMNS, ROWS)
+        with pytest.raises(QueryFailed) as err:
+            engine.query_sync("SELECT close FROM daily_bars")
+        listed = "T, v, vw, o, c, h, l, t_2, n, tags, extra"
+        assert str(err.value) == f"Column close does not exist: daily_bars has {listed}."
+        assert engine.query_sync("SELECT count(*) FROM daily_bars").rows == ((3,),)  # the session answers on
     finally:
         engine.close()
